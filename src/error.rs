@@ -1,0 +1,166 @@
+//! The one error type of the service. Each variant documents the gRPC status it becomes;
+//! `From<ServiceError> for tonic::Status` is the only place that mapping happens, and the only
+//! place internal errors are logged before they are replaced by an opaque message.
+
+use std::collections::HashMap;
+
+use sea_orm::DbErr;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::{FieldViolation, TodoId};
+use crate::storage::is_unavailable;
+
+/// `google.rpc.ErrorInfo.domain` for the errors this service defines.
+pub const ERROR_DOMAIN: &str = "todo.v1.TodoService";
+/// `google.rpc.ErrorInfo.reason` when an idempotency key comes back with a different request.
+pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// INVALID_ARGUMENT, with a `google.rpc.BadRequest` detail naming each bad field.
+    #[error("invalid argument: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+
+    /// NOT_FOUND: no todo with this id.
+    #[error("todo {0} not found")]
+    NotFound(TodoId),
+
+    /// ABORTED (AIP-154): the etag sent does not match the todo's current etag; read it again.
+    #[error("etag does not match the current etag of todo {0}")]
+    EtagMismatch(TodoId),
+
+    /// FAILED_PRECONDITION, with a `google.rpc.ErrorInfo` whose reason is
+    /// `IDEMPOTENCY_KEY_REUSED`: the key was first used with a different request.
+    #[error("idempotency key already used with a different request")]
+    IdempotencyKeyReused,
+
+    /// UNAVAILABLE: the database is unreachable, overloaded or timed out. Safe to retry with
+    /// the same idempotency key.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] DbErr),
+
+    /// INTERNAL: anything else. Logged with its context; the client sees an opaque message.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::EtagMismatch(_) => Code::Aborted,
+            Self::IdempotencyKeyReused => Code::FailedPrecondition,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<DbErr> for ServiceError {
+    /// Database errors are classified once, here at the storage boundary: connection trouble
+    /// and timeouts are UNAVAILABLE, everything else is INTERNAL.
+    fn from(err: DbErr) -> Self {
+        if is_unavailable(&err) {
+            Self::Unavailable(err)
+        } else {
+            Self::Internal(format!("database: {err}"))
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(err: ServiceError) -> Self {
+        let code = err.code();
+        match err {
+            ServiceError::InvalidArgument(violations) => {
+                let message = describe(&violations);
+                let details = ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+                        .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(code, message, details)
+            }
+            ServiceError::IdempotencyKeyReused => Status::with_error_details(
+                code,
+                "the idempotency-key was already used with a different request; \
+                 use a new key for a new request",
+                ErrorDetails::with_error_info(
+                    IDEMPOTENCY_KEY_REUSED,
+                    ERROR_DOMAIN,
+                    HashMap::<String, String>::new(),
+                ),
+            ),
+            ServiceError::NotFound(_) | ServiceError::EtagMismatch(_) => {
+                Status::new(code, err.to_string())
+            }
+            ServiceError::Unavailable(source) => {
+                tracing::warn!(error = %source, "database unavailable");
+                Status::new(
+                    code,
+                    "the database is unavailable; retry with the same idempotency-key",
+                )
+            }
+            ServiceError::Internal(context) => {
+                tracing::error!(error = %context, "internal error");
+                Status::new(code, "internal error")
+            }
+        }
+    }
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{} {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_bad_request_with_the_field() {
+        let status = Status::from(ServiceError::invalid("todo.title", "is required"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("todo.title"));
+        let bad_request = status.get_details_bad_request().unwrap();
+        assert_eq!(bad_request.field_violations[0].field, "todo.title");
+    }
+
+    #[test]
+    fn key_reuse_carries_error_info_reason() {
+        let status = Status::from(ServiceError::IdempotencyKeyReused);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, IDEMPOTENCY_KEY_REUSED);
+        assert_eq!(info.domain, ERROR_DOMAIN);
+    }
+
+    #[test]
+    fn internal_errors_are_opaque() {
+        let status = Status::from(ServiceError::Internal(
+            "SELECT * FROM todos failed".to_owned(),
+        ));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("SELECT"));
+    }
+
+    #[test]
+    fn pool_timeout_is_unavailable_without_sql() {
+        let err = ServiceError::from(DbErr::ConnectionAcquire(
+            sea_orm::error::ConnAcquireErr::Timeout,
+        ));
+        let status = Status::from(err);
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+}

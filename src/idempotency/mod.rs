@@ -1,0 +1,174 @@
+//! Idempotency keys: the whole mechanism that makes a retried write happen once.
+//!
+//! A call that carries a key runs its work inside [`Idempotency::execute`]:
+//! 1. a live row for (caller, method, key) already committed? Replay its stored response if
+//!    the request's fingerprint matches, else `IDEMPOTENCY_KEY_REUSED` (one indexed read, as
+//!    cheap as a GetTodo);
+//! 2. otherwise, in ONE database transaction: claim the key (insert its row under the primary
+//!    key's unique constraint, or take over an expired row), do the work, store the encoded
+//!    response in the row, commit. A concurrent call with the same key blocks on the claim
+//!    until the first commits, then replays it; if the first fails, its transaction rolls back,
+//!    the key stays free, and the waiting call proceeds.
+
+mod fingerprint;
+mod key;
+mod persistence;
+
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use prost::Message;
+use sea_orm::DatabaseTransaction;
+
+pub use fingerprint::RequestFingerprint;
+pub use key::IdempotencyKey;
+pub use persistence::Entity as IdempotencyKeyEntity;
+
+use crate::domain::{Caller, Timestamp};
+use crate::error::ServiceError;
+use crate::storage::Storage;
+
+/// A write call that carries an idempotency key: its scope (caller, method, key) and what the
+/// request was.
+#[derive(Debug, Clone)]
+pub struct IdempotentRequest {
+    pub caller: Caller,
+    /// The full gRPC method path, e.g. `/todo.v1.TodoService/CreateTodo`.
+    pub method: &'static str,
+    pub key: IdempotencyKey,
+    pub fingerprint: RequestFingerprint,
+}
+
+impl IdempotentRequest {
+    pub fn new(
+        caller: Caller,
+        method: &'static str,
+        key: IdempotencyKey,
+        request: &impl Message,
+    ) -> Self {
+        Self {
+            caller,
+            method,
+            key,
+            fingerprint: RequestFingerprint::of(method, request),
+        }
+    }
+}
+
+/// How a call was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The work ran now (with or without a key).
+    Fresh,
+    /// A stored response was returned; nothing was written.
+    Replayed,
+}
+
+/// A response and how it came about.
+#[derive(Debug)]
+pub struct Executed<R> {
+    pub response: R,
+    pub outcome: Outcome,
+}
+
+/// Runs write calls exactly once per idempotency key.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    storage: Storage,
+    retention: Duration,
+}
+
+/// How many times a call retries the claim when the row it lost to disappears before it can
+/// read it (expiry at that very moment); any more is an internal error.
+const CLAIM_ATTEMPTS: usize = 3;
+
+impl Idempotency {
+    pub fn new(storage: Storage, retention: Duration) -> Self {
+        Self { storage, retention }
+    }
+
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// Runs `work` in a write transaction and returns its response. With a key, at most once:
+    /// see the module docs. An error from `work` rolls the transaction back, which frees the key.
+    pub async fn execute<R, F>(
+        &self,
+        request: Option<&IdempotentRequest>,
+        work: F,
+    ) -> Result<Executed<R>, ServiceError>
+    where
+        R: Message + Default,
+        F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<R, ServiceError>>,
+    {
+        let Some(request) = request else {
+            let txn = self.storage.begin_write().await?;
+            let response = work(&txn).await?;
+            txn.commit().await?;
+            return Ok(Executed {
+                response,
+                outcome: Outcome::Fresh,
+            });
+        };
+
+        let now = Timestamp::now();
+        let cutoff = now.minus(self.retention);
+        if let Some(stored) = persistence::find_live(self.storage.reader(), request, cutoff).await?
+            && stored.response.is_some()
+        {
+            return replay(stored, request);
+        }
+
+        let mut work = Some(work);
+        for _ in 0..CLAIM_ATTEMPTS {
+            let txn = self.storage.begin_write().await?;
+            if persistence::claim(&txn, request, now, cutoff).await? {
+                let Some(work) = work.take() else { break };
+                let response = work(&txn).await?;
+                persistence::save_response(&txn, request, response.encode_to_vec()).await?;
+                txn.commit().await?;
+                return Ok(Executed {
+                    response,
+                    outcome: Outcome::Fresh,
+                });
+            }
+            // A live row exists: it was committed before our claim returned (the claim waits
+            // for an uncommitted one), so it is visible to the next statement.
+            let stored = persistence::find_live(&txn, request, cutoff).await?;
+            txn.rollback().await?;
+            if let Some(stored) = stored {
+                return replay(stored, request);
+            }
+        }
+        Err(ServiceError::Internal(format!(
+            "idempotency key for {} could be neither claimed nor read",
+            request.method
+        )))
+    }
+}
+
+fn replay<R: Message + Default>(
+    stored: persistence::StoredKey,
+    request: &IdempotentRequest,
+) -> Result<Executed<R>, ServiceError> {
+    if stored.fingerprint != Some(request.fingerprint) {
+        return Err(ServiceError::IdempotencyKeyReused);
+    }
+    let Some(bytes) = stored.response else {
+        return Err(ServiceError::Internal(format!(
+            "committed idempotency key for {} has no response",
+            request.method
+        )));
+    };
+    let response = R::decode(bytes.as_slice()).map_err(|err| {
+        ServiceError::Internal(format!(
+            "stored response for {} does not decode: {err}",
+            request.method
+        ))
+    })?;
+    Ok(Executed {
+        response,
+        outcome: Outcome::Replayed,
+    })
+}

@@ -1,0 +1,47 @@
+//! todo-service: a gRPC TODO service whose every write is safe to retry.
+//!
+//! A client sends the same `idempotency-key` metadata on every attempt of one logical write;
+//! the key's row and the write commit in one database transaction under a unique constraint,
+//! so the write happens once and every attempt gets the same response.
+//!
+//! # Layout
+//!
+//! Requests flow top to bottom; each layer only calls the ones below it.
+//!
+//! - [`startup`]: `Application`: connects storage, runs migrations, binds the listener and
+//!   serves TodoService, health and reflection until the caller's shutdown signal.
+//! - [`config`]: the clap `Config` (`--help` is the reference).
+//! - [`telemetry`]: tracing subscriber set-up.
+//! - [`grpc`]: the transport. Handlers read metadata, convert proto <-> domain (parsing all
+//!   input into domain types), call the use cases, and map errors to statuses.
+//! - [`idempotency`]: the key mechanism any write RPC reuses: key newtype, request
+//!   fingerprint, and the claim / replay logic over the `idempotency_keys` table.
+//! - [`todos`]: the use cases, one function per RPC, over storage, independent of gRPC.
+//! - [`domain`]: validated types (`TodoTitle`, `TodoId`, `UpdateMask`, page tokens, ...).
+//! - [`storage`]: SeaORM entities and queries; SQLite or PostgreSQL connections.
+//! - [`error`]: the one `ServiceError` enum and its mapping to `tonic::Status`.
+//! - [`proto`]: generated `todo.v1` messages, client and server.
+//!
+//! Schema migrations live in the separate `migration` crate.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod idempotency;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;
+pub mod todos;
+
+/// The generated `todo.v1` protobuf messages, client and server.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("todo.v1");
+
+    /// The encoded descriptor set of `todo/v1/todo.proto`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("todo_descriptor");
+}
+
+/// The generated client, for Rust services that call TodoService.
+pub use proto::todo_service_client::TodoServiceClient;

@@ -1,0 +1,151 @@
+//! Storage: database connections, the todo table, and service settings. SeaORM over sqlx, on
+//! SQLite (embedded default) or PostgreSQL (production, shared by replicas).
+
+mod errors;
+mod settings;
+mod todo_entity;
+mod todos;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+
+pub use errors::is_unavailable;
+pub use todos::{
+    delete_todo, find_todo, find_todo_for_update, insert_todo, list_todos, update_todo,
+};
+
+use crate::domain::PageTokenKey;
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `sqlite:<path>` or `postgres://...`.
+    pub url: String,
+    /// Most connections the pool opens (for SQLite: the readers; there is one writer).
+    pub pool_size: u32,
+    /// Longest wait to connect, to get a pooled connection, and (PostgreSQL) for a statement;
+    /// past it the call fails with UNAVAILABLE.
+    pub timeout: Duration,
+}
+
+/// The database connections. On PostgreSQL readers and writers share one pool. On SQLite all
+/// writes go through a pool of ONE connection and start with `BEGIN IMMEDIATE`, so writers
+/// queue in the pool instead of racing for SQLite's lock (no SQLITE_BUSY reaches a client),
+/// while reads use their own pool and never wait for writers (WAL).
+#[derive(Debug, Clone)]
+pub struct Storage {
+    reader: DatabaseConnection,
+    writer: DatabaseConnection,
+    backend: DbBackend,
+}
+
+impl Storage {
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, DbErr> {
+        if settings.url.starts_with("sqlite:") {
+            Self::connect_sqlite(settings).await
+        } else {
+            let db = Database::connect(postgres_options(settings)).await?;
+            Ok(Self {
+                reader: db.clone(),
+                writer: db,
+                backend: DbBackend::Postgres,
+            })
+        }
+    }
+
+    async fn connect_sqlite(settings: &DatabaseSettings) -> Result<Self, DbErr> {
+        let in_memory = settings.url.contains(":memory:") || settings.url.contains("mode=memory");
+        // The writer connects first: it switches the file to WAL.
+        let writer = Database::connect(sqlite_options(settings, 1)).await?;
+        let reader = if in_memory {
+            // Another pool would open another, empty, in-memory database.
+            writer.clone()
+        } else {
+            Database::connect(sqlite_options(settings, settings.pool_size)).await?
+        };
+        Ok(Self {
+            reader,
+            writer,
+            backend: DbBackend::Sqlite,
+        })
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.backend
+    }
+
+    /// For reads outside a transaction.
+    pub fn reader(&self) -> &DatabaseConnection {
+        &self.reader
+    }
+
+    /// Starts a write transaction (on SQLite, `BEGIN IMMEDIATE` on the single writer).
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: (self.backend == DbBackend::Sqlite)
+                .then_some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        self.writer.begin_with_options(options).await
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.writer, None).await
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.reader.execute_unprepared("SELECT 1").await.map(|_| ())
+    }
+
+    /// The key that signs page tokens, created on first use and shared through the database.
+    pub async fn page_token_key(&self) -> Result<PageTokenKey, DbErr> {
+        settings::page_token_key(&self.writer).await
+    }
+
+    pub async fn close(self) {
+        let _ = self.reader.close().await;
+        let _ = self.writer.close().await;
+    }
+}
+
+fn common_options(settings: &DatabaseSettings, pool_size: u32) -> ConnectOptions {
+    let mut options = ConnectOptions::new(settings.url.clone());
+    options
+        .max_connections(pool_size.max(1))
+        .min_connections(0)
+        .connect_timeout(settings.timeout)
+        .acquire_timeout(settings.timeout)
+        .sqlx_logging(false);
+    options
+}
+
+fn sqlite_options(settings: &DatabaseSettings, pool_size: u32) -> ConnectOptions {
+    let timeout = settings.timeout;
+    let mut options = common_options(settings, pool_size);
+    options.map_sqlx_sqlite_opts(move |sqlite| {
+        sqlite
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(timeout)
+            .foreign_keys(true)
+    });
+    options
+}
+
+fn postgres_options(settings: &DatabaseSettings) -> ConnectOptions {
+    let statement_timeout = format!("{}ms", settings.timeout.as_millis());
+    let mut options = common_options(settings, settings.pool_size);
+    options.map_sqlx_postgres_opts(move |pg| {
+        pg.options([("statement_timeout", statement_timeout.as_str())])
+    });
+    options
+}

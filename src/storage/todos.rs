@@ -1,0 +1,114 @@
+//! Queries on the `todos` table, in domain types.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect,
+};
+
+use super::todo_entity::{ActiveModel, Column, Entity, Model};
+use crate::domain::{ListQuery, Timestamp, Todo, TodoDescription, TodoId, TodoTitle};
+
+fn to_domain(model: Model) -> Result<Todo, DbErr> {
+    let corrupt = |field: &str, why: String| {
+        DbErr::Type(format!("todo {} has an invalid {field}: {why}", model.id))
+    };
+    Ok(Todo {
+        id: TodoId::from_uuid(model.id),
+        title: TodoTitle::parse(&model.title).map_err(|why| corrupt("title", why))?,
+        description: TodoDescription::parse(&model.description)
+            .map_err(|why| corrupt("description", why))?,
+        completed: model.completed,
+        create_time: Timestamp::from_unix_micros(model.create_time_us),
+        update_time: Timestamp::from_unix_micros(model.update_time_us),
+        revision: model.revision,
+    })
+}
+
+fn to_active_model(todo: &Todo) -> ActiveModel {
+    ActiveModel {
+        id: Set(todo.id.as_uuid()),
+        title: Set(todo.title.as_str().to_owned()),
+        description: Set(todo.description.as_str().to_owned()),
+        completed: Set(todo.completed),
+        create_time_us: Set(todo.create_time.unix_micros()),
+        update_time_us: Set(todo.update_time.unix_micros()),
+        revision: Set(todo.revision),
+    }
+}
+
+pub async fn insert_todo<C: ConnectionTrait>(db: &C, todo: &Todo) -> Result<(), DbErr> {
+    Entity::insert(to_active_model(todo))
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn find_todo<C: ConnectionTrait>(db: &C, id: TodoId) -> Result<Option<Todo>, DbErr> {
+    Entity::find_by_id(id.as_uuid())
+        .one(db)
+        .await?
+        .map(to_domain)
+        .transpose()
+}
+
+/// Reads a todo and locks its row until the transaction ends (PostgreSQL `FOR UPDATE`; on
+/// SQLite the write transaction already excludes other writers).
+pub async fn find_todo_for_update(
+    txn: &DatabaseTransaction,
+    id: TodoId,
+) -> Result<Option<Todo>, DbErr> {
+    Entity::find_by_id(id.as_uuid())
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .map(to_domain)
+        .transpose()
+}
+
+/// Writes every mutable field of `todo` over the stored row.
+pub async fn update_todo(txn: &DatabaseTransaction, todo: &Todo) -> Result<(), DbErr> {
+    let result = Entity::update_many()
+        .col_expr(Column::Title, Expr::value(todo.title.as_str()))
+        .col_expr(Column::Description, Expr::value(todo.description.as_str()))
+        .col_expr(Column::Completed, Expr::value(todo.completed))
+        .col_expr(
+            Column::UpdateTimeUs,
+            Expr::value(todo.update_time.unix_micros()),
+        )
+        .col_expr(Column::Revision, Expr::value(todo.revision))
+        .filter(Column::Id.eq(todo.id.as_uuid()))
+        .exec(txn)
+        .await?;
+    if result.rows_affected == 1 {
+        Ok(())
+    } else {
+        Err(DbErr::RecordNotUpdated)
+    }
+}
+
+/// Deletes the todo; returns whether a row was deleted.
+pub async fn delete_todo<C: ConnectionTrait>(db: &C, id: TodoId) -> Result<bool, DbErr> {
+    let result = Entity::delete_by_id(id.as_uuid()).exec(db).await?;
+    Ok(result.rows_affected > 0)
+}
+
+/// One page in id order, plus one row more if there is one (so the caller knows whether to
+/// issue a next page token).
+pub async fn list_todos<C: ConnectionTrait>(db: &C, query: ListQuery) -> Result<Vec<Todo>, DbErr> {
+    let mut select = Entity::find();
+    if let Some(completed) = query.filter.completed {
+        select = select.filter(Column::Completed.eq(completed));
+    }
+    if let Some(after) = query.after {
+        select = select.filter(Column::Id.gt(after.as_uuid()));
+    }
+    select
+        .order_by_asc(Column::Id)
+        .limit(query.page_size.get() + 1)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(to_domain)
+        .collect()
+}
