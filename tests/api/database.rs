@@ -1,0 +1,200 @@
+//! The database: migrations from empty, start-up without migrations, and UNAVAILABLE while the
+//! database is unreachable or locked, with recovery afterwards and no restart.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use todo_service::startup::Application;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::both_backends;
+use crate::helpers::{
+    Backend, TestDatabase, fresh_key, is_replayed, new_todo, postgres_base_url, spawn_app_with,
+    spawn_on, test_config,
+};
+use crate::service::wait_for_health;
+
+both_backends!(migrations_run_up_and_down_from_empty, startup_without_migrations_on_an_empty_database_fails);
+
+async fn table_exists(db: &TestDatabase, table: &str) -> bool {
+    let sql = match db.backend {
+        Backend::Sqlite => format!(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
+        ),
+        Backend::Postgres => format!(
+            "SELECT COUNT(*) FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = '{table}'"
+        ),
+    };
+    db.scalar(&sql).await == 1
+}
+
+async fn migrations_run_up_and_down_from_empty(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let tables = ["todos", "idempotency_keys", "service_settings"];
+    for table in tables {
+        assert!(!table_exists(&db, table).await);
+    }
+    Migrator::up(&db.conn, None).await.unwrap();
+    for table in tables {
+        assert!(table_exists(&db, table).await, "{table} after up");
+    }
+    Migrator::up(&db.conn, None).await.unwrap();
+    Migrator::down(&db.conn, None).await.unwrap();
+    for table in tables {
+        assert!(!table_exists(&db, table).await, "{table} after down");
+    }
+    Migrator::up(&db.conn, None).await.unwrap();
+    assert!(table_exists(&db, "todos").await);
+}
+
+async fn startup_without_migrations_on_an_empty_database_fails(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let mut config = test_config(&db);
+    config.run_migrations = false;
+    assert!(Application::build(&config).await.is_err());
+}
+
+/// A TCP proxy in front of the database that can cut every connection and refuse new ones.
+struct CuttableProxy {
+    addr: SocketAddr,
+    up: watch::Sender<bool>,
+}
+
+impl CuttableProxy {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, _) = watch::channel(true);
+        let state = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut up = state.subscribe();
+                if !*up.borrow() {
+                    continue; // dropped: the connection is refused
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = up.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up }
+    }
+
+    fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+async fn health_channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_is_unavailable_and_the_server_recovers() {
+    let db = Arc::new(TestDatabase::new(Backend::Postgres).await);
+    let base = postgres_base_url();
+    let host_port = base
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let target = tokio::net::lookup_host(host_port.as_str())
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = CuttableProxy::start(target).await;
+    let proxied_url = db.url.replacen(&host_port, &proxy.addr.to_string(), 1);
+    let app = spawn_on(Arc::clone(&db), |config| {
+        config.database_url = proxied_url;
+        config.db_timeout = Duration::from_millis(800);
+    })
+    .await;
+    app.create_todo("before the outage").await;
+    let health = health_channel(app.addr).await;
+
+    proxy.cut();
+    let key = fresh_key();
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let status = app
+            .create(new_todo("during the outage"), Some(&key))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(!status.message().to_lowercase().contains("select"));
+        assert!(!status.message().to_lowercase().contains("insert"));
+        assert!(started.elapsed() < Duration::from_secs(5), "no hang past the timeout");
+    }
+    let status = app.list(10, "", None).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    wait_for_health(health.clone(), "todo.v1.TodoService", ServingStatus::NotServing).await;
+
+    proxy.restore();
+    wait_for_health(health, "todo.v1.TodoService", ServingStatus::Serving).await;
+    let created = app
+        .create(new_todo("during the outage"), Some(&key))
+        .await
+        .expect("the same server serves again");
+    assert!(!is_replayed(&created), "the failed attempts stored nothing");
+    let replay = app
+        .create(new_todo("during the outage"), Some(&key))
+        .await
+        .unwrap();
+    assert!(is_replayed(&replay));
+    assert_eq!(db.count("todos").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locked_by_another_process_is_unavailable_and_recovers() {
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.db_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let todo = app.create_todo("readable").await;
+
+    let lock = app
+        .db
+        .conn
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Exclusive),
+            ..TransactionOptions::default()
+        })
+        .await
+        .unwrap();
+    let key = fresh_key();
+    let status = app
+        .create(new_todo("blocked"), Some(&key))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // Reads do not wait for writers (WAL).
+    assert_eq!(app.get(&todo.id).await.unwrap(), todo);
+    lock.rollback().await.unwrap();
+
+    let created = app.create(new_todo("blocked"), Some(&key)).await.unwrap();
+    assert!(!is_replayed(&created));
+    assert_eq!(app.todo_count().await, 2);
+}

@@ -1,0 +1,436 @@
+//! Idempotency keys, clause by clause of CONTRACT.md.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use todo_service::proto;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt;
+
+use crate::both_backends;
+use crate::helpers::{
+    Backend, TestApp, assert_invalid_field, fresh_key, is_replayed, keyed, masked, new_todo,
+    replace, spawn_app, spawn_app_with, spawn_on,
+};
+
+both_backends!(
+    first_call_is_fresh_and_retries_replay_the_same_response,
+    replay_survives_change_and_delete_without_resurrecting,
+    same_key_with_another_request_is_failed_precondition,
+    same_key_on_another_method_is_another_key,
+    invalid_keys_are_rejected_and_write_nothing,
+    several_keys_are_rejected,
+    validation_comes_first_and_consumes_nothing,
+    failed_calls_store_nothing_and_the_key_stays_free,
+    concurrent_same_key_creates_make_exactly_one_todo,
+    concurrent_same_key_updates_write_once,
+    update_replays_its_stored_response,
+    expired_key_behaves_as_new,
+    key_is_shared_across_replicas,
+    equal_requests_encoded_differently_match,
+    delete_checks_the_key_form,
+);
+
+fn assert_key_reused(status: &Status) {
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let info = status.get_details_error_info().expect("ErrorInfo detail");
+    assert_eq!(info.reason, "IDEMPOTENCY_KEY_REUSED");
+}
+
+async fn first_call_is_fresh_and_retries_replay_the_same_response(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let key = fresh_key();
+    let first = app.create(new_todo("once"), Some(&key)).await.unwrap();
+    assert!(!is_replayed(&first), "a first call carries no replay marker");
+    for _ in 0..3 {
+        let again = app.create(new_todo("once"), Some(&key)).await.unwrap();
+        assert!(is_replayed(&again));
+        assert_eq!(
+            prost::Message::encode_to_vec(again.get_ref()),
+            prost::Message::encode_to_vec(first.get_ref()),
+            "byte for byte the same message"
+        );
+    }
+    assert_eq!(app.todo_count().await, 1);
+    assert_eq!(app.key_count().await, 1);
+}
+
+async fn replay_survives_change_and_delete_without_resurrecting(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let key = fresh_key();
+    let original = app
+        .create(new_todo("original"), Some(&key))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut changed = original.clone();
+    changed.title = "changed".to_owned();
+    app.update(replace(changed), None).await.unwrap();
+    let replay = app.create(new_todo("original"), Some(&key)).await.unwrap();
+    assert!(is_replayed(&replay));
+    assert_eq!(replay.get_ref(), &original, "the stored response, not the current row");
+
+    app.delete(&original.id, "").await.unwrap();
+    let replay = app.create(new_todo("original"), Some(&key)).await.unwrap();
+    assert!(is_replayed(&replay));
+    assert_eq!(replay.get_ref(), &original);
+    assert_eq!(app.todo_count().await, 0, "the replay did not resurrect the todo");
+    assert_eq!(app.get(&original.id).await.unwrap_err().code(), Code::NotFound);
+}
+
+async fn same_key_with_another_request_is_failed_precondition(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let key = fresh_key();
+    let first = app
+        .create(new_todo("milk"), Some(&key))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = app
+        .create(new_todo("bread"), Some(&key))
+        .await
+        .unwrap_err();
+    assert_key_reused(&status);
+    let mut completed = new_todo("milk");
+    if let Some(todo) = completed.todo.as_mut() {
+        todo.completed = true;
+    }
+    assert_key_reused(&app.create(completed, Some(&key)).await.unwrap_err());
+    assert_eq!(app.todo_count().await, 1, "nothing written");
+    assert_eq!(app.list_all(10, None).await, vec![first]);
+    // The original request still replays.
+    assert!(is_replayed(
+        &app.create(new_todo("milk"), Some(&key)).await.unwrap()
+    ));
+}
+
+async fn same_key_on_another_method_is_another_key(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let key = fresh_key();
+    let created = app
+        .create(new_todo("shared key"), Some(&key))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut update = created.clone();
+    update.completed = true;
+    let updated = app.update(replace(update), Some(&key)).await.unwrap();
+    assert!(!is_replayed(&updated), "a fresh update, not a replay or a mismatch");
+    assert!(updated.get_ref().completed);
+    assert_eq!(app.key_count().await, 2);
+}
+
+async fn invalid_keys_are_rejected_and_write_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let too_long = "k".repeat(256);
+    let bad_keys: Vec<MetadataValue<tonic::metadata::Ascii>> = vec![
+        MetadataValue::from_static(""),
+        MetadataValue::try_from(too_long.as_str()).unwrap(),
+        MetadataValue::from_static("has space"),
+        MetadataValue::from_static("tab\there"),
+        MetadataValue::try_from(&[b'k', 0xC3, 0xA9][..]).unwrap(),
+    ];
+    for value in bad_keys {
+        let mut request = Request::new(new_todo("never"));
+        request.metadata_mut().insert("idempotency-key", value.clone());
+        let status = app.client.clone().create_todo(request).await.unwrap_err();
+        assert_invalid_field(&status, "idempotency-key");
+
+        let created = app.create_todo("target").await;
+        let mut request = Request::new(replace(created));
+        request.metadata_mut().insert("idempotency-key", value);
+        let status = app.client.clone().update_todo(request).await.unwrap_err();
+        assert_invalid_field(&status, "idempotency-key");
+    }
+    assert_eq!(app.todo_count().await, 5, "only the untouched targets exist");
+    assert!(app.list_all(10, None).await.iter().all(|t| t.title == "target"));
+    assert_eq!(app.key_count().await, 0);
+    // The longest valid key works.
+    let longest = "k".repeat(255);
+    assert!(app.create(new_todo("ok"), Some(&longest)).await.is_ok());
+}
+
+async fn several_keys_are_rejected(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut request = Request::new(new_todo("twice"));
+    request
+        .metadata_mut()
+        .append("idempotency-key", MetadataValue::from_static("a"));
+    request
+        .metadata_mut()
+        .append("idempotency-key", MetadataValue::from_static("a"));
+    let status = app.client.clone().create_todo(request).await.unwrap_err();
+    assert_invalid_field(&status, "idempotency-key");
+    assert_eq!(app.todo_count().await, 0);
+}
+
+async fn validation_comes_first_and_consumes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // An invalid request with a new key consumes nothing: the key then works.
+    let key = fresh_key();
+    let status = app.create(new_todo(" "), Some(&key)).await.unwrap_err();
+    assert_invalid_field(&status, "todo.title");
+    assert_eq!(app.key_count().await, 0);
+    let created = app.create(new_todo("valid"), Some(&key)).await.unwrap();
+    assert!(!is_replayed(&created));
+
+    // An invalid request with a used key is INVALID_ARGUMENT, not a mismatch or a replay.
+    let status = app.create(new_todo(""), Some(&key)).await.unwrap_err();
+    assert_invalid_field(&status, "todo.title");
+    assert_eq!(app.todo_count().await, 1);
+}
+
+async fn failed_calls_store_nothing_and_the_key_stays_free(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let todo = app.create_todo("guarded").await;
+
+    // NOT_FOUND with a key stores nothing.
+    let key = fresh_key();
+    let mut ghost = todo.clone();
+    ghost.id = "01890a5d-ac96-774b-bcce-b302099a8057".to_owned();
+    let status = app.update(replace(ghost), Some(&key)).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(app.key_count().await, 0);
+
+    // ABORTED (stale etag) with a key stores nothing; the same key then serves another,
+    // valid request as a first call.
+    let mut stale = todo.clone();
+    stale.etag = "\"999\"".to_owned();
+    stale.title = "stale".to_owned();
+    let status = app.update(replace(stale), Some(&key)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted);
+    assert_eq!(app.key_count().await, 0);
+
+    let mut good = todo.clone();
+    good.title = "fresh".to_owned();
+    let updated = app.update(replace(good), Some(&key)).await.unwrap();
+    assert!(!is_replayed(&updated));
+    assert_eq!(updated.get_ref().title, "fresh");
+    assert_eq!(app.key_count().await, 1);
+}
+
+async fn concurrent_same_key_creates_make_exactly_one_todo(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let key = fresh_key();
+    let calls = (0..64).map(|_| {
+        let app = &app;
+        let key = key.clone();
+        async move { app.create(new_todo("racing"), Some(&key)).await }
+    });
+    let results: Vec<Result<Response<proto::Todo>, Status>> = join_all(calls).await;
+    let responses: Vec<Response<proto::Todo>> = results
+        .into_iter()
+        .map(|r| r.expect("every concurrent call succeeds"))
+        .collect();
+    assert_eq!(responses.len(), 64);
+    let fresh = responses.iter().filter(|r| !is_replayed(r)).count();
+    assert_eq!(fresh, 1, "exactly one response without the replay marker");
+    let first = responses[0].get_ref();
+    assert!(responses.iter().all(|r| r.get_ref() == first), "all the same todo");
+    assert_eq!(app.todo_count().await, 1);
+    assert_eq!(app.key_count().await, 1);
+}
+
+async fn concurrent_same_key_updates_write_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let todo = app.create_todo("counter").await;
+    let key = fresh_key();
+    let mut update = todo.clone();
+    update.title = "updated once".to_owned();
+    let calls = (0..32).map(|_| {
+        let app = &app;
+        let key = key.clone();
+        let request = masked(update.clone(), &["title"]);
+        async move { app.update(request, Some(&key)).await }
+    });
+    let responses: Vec<Response<proto::Todo>> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("no etag conflict: later calls replay the first"))
+        .collect();
+    assert_eq!(responses.iter().filter(|r| !is_replayed(r)).count(), 1);
+    let first = responses[0].get_ref();
+    assert!(responses.iter().all(|r| r.get_ref() == first));
+    let stored = app.get(&todo.id).await.unwrap();
+    assert_eq!(&stored, first);
+    assert_eq!(stored.etag, "\"2\"", "written exactly once");
+}
+
+async fn update_replays_its_stored_response(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let todo = app.create_todo("v1").await;
+    let key = fresh_key();
+    let mut request = todo.clone();
+    request.title = "v2".to_owned();
+    let first = app
+        .update(replace(request.clone()), Some(&key))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut later = first.clone();
+    later.title = "v3".to_owned();
+    app.update(replace(later), None).await.unwrap();
+
+    // The retry carries the now-stale etag: still a replay of the stored response.
+    let replay = app.update(replace(request), Some(&key)).await.unwrap();
+    assert!(is_replayed(&replay));
+    assert_eq!(replay.get_ref(), &first);
+    assert_eq!(app.get(&todo.id).await.unwrap().title, "v3");
+}
+
+async fn expired_key_behaves_as_new(backend: Backend) {
+    let app = spawn_app_with(backend, |config| {
+        config.idempotency_retention = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let key = fresh_key();
+    let first = app
+        .create(new_todo("old"), Some(&key))
+        .await
+        .unwrap()
+        .into_inner();
+    // Age the row past the retention; it still exists (no sweeper ran).
+    let two_hours_us = 2 * 3600 * 1_000_000_i64;
+    app.db
+        .execute(&format!(
+            "UPDATE idempotency_keys SET created_at_us = created_at_us - {two_hours_us}"
+        ))
+        .await;
+    assert_eq!(app.key_count().await, 1);
+
+    // Same request: a fresh call, a new todo.
+    let second = app.create(new_todo("old"), Some(&key)).await.unwrap();
+    assert!(!is_replayed(&second));
+    assert_ne!(second.get_ref().id, first.id);
+    // Now the key is live again and replays the second response.
+    let third = app.create(new_todo("old"), Some(&key)).await.unwrap();
+    assert!(is_replayed(&third));
+    assert_eq!(third.get_ref(), second.get_ref());
+
+    // After expiry, another request with the key is not a mismatch either.
+    app.db
+        .execute(&format!(
+            "UPDATE idempotency_keys SET created_at_us = created_at_us - {two_hours_us}"
+        ))
+        .await;
+    let other = app.create(new_todo("different"), Some(&key)).await.unwrap();
+    assert!(!is_replayed(&other));
+    assert_eq!(app.todo_count().await, 3);
+    assert_eq!(app.key_count().await, 1);
+}
+
+async fn key_is_shared_across_replicas(backend: Backend) {
+    let first = spawn_app(backend).await;
+    let second = spawn_on(Arc::clone(&first.db), |_| {}).await;
+    let key = fresh_key();
+    let created = first
+        .create(new_todo("replicated"), Some(&key))
+        .await
+        .unwrap();
+    let replay = second
+        .create(new_todo("replicated"), Some(&key))
+        .await
+        .unwrap();
+    assert!(is_replayed(&replay));
+    assert_eq!(replay.get_ref(), created.get_ref());
+    assert_key_reused(
+        &second
+            .create(new_todo("other"), Some(&key))
+            .await
+            .unwrap_err(),
+    );
+
+    // Concurrent calls spread over both replicas: still one todo.
+    let key = fresh_key();
+    let apps: [&TestApp; 2] = [&first, &second];
+    let calls = (0..32).map(|i| {
+        let app = apps[i % 2];
+        let key = key.clone();
+        async move { app.create(new_todo("spread"), Some(&key)).await }
+    });
+    let responses: Vec<Response<proto::Todo>> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every call succeeds"))
+        .collect();
+    assert_eq!(responses.iter().filter(|r| !is_replayed(r)).count(), 1);
+    assert_eq!(first.todo_count().await, 2);
+}
+
+/// A client whose `Todo` has a field the server does not know, and that writes fields in
+/// another order: the server decodes the same request, so the key matches.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ForeignTodo {
+    #[prost(string, tag = "99")]
+    unknown_to_the_server: String,
+    #[prost(bool, tag = "4")]
+    completed: bool,
+    #[prost(string, tag = "2")]
+    title: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ForeignCreateTodoRequest {
+    #[prost(message, optional, tag = "1")]
+    todo: Option<ForeignTodo>,
+}
+
+async fn equal_requests_encoded_differently_match(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let key = fresh_key();
+    let first = app.create(new_todo("portable"), Some(&key)).await.unwrap();
+
+    let channel = Channel::from_shared(app.channel_uri())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let foreign = ForeignCreateTodoRequest {
+        todo: Some(ForeignTodo {
+            unknown_to_the_server: "ignored".to_owned(),
+            completed: false,
+            title: "portable".to_owned(),
+        }),
+    };
+    let codec = tonic_prost::ProstCodec::<ForeignCreateTodoRequest, proto::Todo>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/todo.v1.TodoService/CreateTodo",
+    );
+    let replay = grpc
+        .unary(keyed(foreign, Some(&key)), path, codec)
+        .await
+        .unwrap();
+    assert!(is_replayed(&replay));
+    assert_eq!(replay.get_ref(), first.get_ref());
+    assert_eq!(app.todo_count().await, 1);
+}
+
+async fn delete_checks_the_key_form(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let todo = app.create_todo("keep").await;
+    let mut request = Request::new(proto::DeleteTodoRequest {
+        id: todo.id.clone(),
+        etag: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert("idempotency-key", MetadataValue::from_static("bad key"));
+    let status = app.client.clone().delete_todo(request).await.unwrap_err();
+    assert_invalid_field(&status, "idempotency-key");
+    assert_eq!(app.todo_count().await, 1);
+    let key = fresh_key();
+    let request = keyed(
+        proto::DeleteTodoRequest {
+            id: todo.id.clone(),
+            etag: String::new(),
+        },
+        Some(&key),
+    );
+    app.client.clone().delete_todo(request).await.unwrap();
+    assert_eq!(app.todo_count().await, 0);
+}

@@ -1,0 +1,13 @@
+//! The integration tests: one binary, every test against a real server on a real socket, on
+//! SQLite and on PostgreSQL. See `helpers.rs`.
+
+mod helpers;
+
+mod create;
+mod database;
+mod delete;
+mod get;
+mod idempotency;
+mod list;
+mod service;
+mod update;
