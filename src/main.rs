@@ -6,7 +6,8 @@ use todo_service::telemetry;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    if let Err(err) = telemetry::init(std::io::stdout) {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if let Err(err) = telemetry::init(std::io::stdout, ansi) {
         eprintln!("cannot set up logging: {err}");
         return std::process::ExitCode::FAILURE;
     }

@@ -30,7 +30,11 @@ async fn create_returns_the_stored_todo_with_server_fields(backend: Backend) {
 
     let id = uuid::Uuid::parse_str(&created.id).unwrap();
     assert_eq!(id.get_version_num(), 7, "ids are UUIDv7");
-    assert_eq!(created.id, id.hyphenated().to_string(), "lowercase hyphenated");
+    assert_eq!(
+        created.id,
+        id.hyphenated().to_string(),
+        "lowercase hyphenated"
+    );
     assert_eq!(created.title, "buy milk");
     assert_eq!(created.description, "two litres");
     assert!(created.completed);
@@ -105,7 +109,10 @@ async fn create_counts_unicode_scalar_values(backend: Backend) {
     let created = app.create(request, None).await.unwrap().into_inner();
     assert_eq!(created.title, title);
     assert_eq!(created.description, description);
-    let status = app.create(new_todo(&"🦀".repeat(257)), None).await.unwrap_err();
+    let status = app
+        .create(new_todo(&"🦀".repeat(257)), None)
+        .await
+        .unwrap_err();
     assert_invalid_field(&status, "todo.title");
 }
 

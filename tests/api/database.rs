@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+use todo_service::startup::Application;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use todo_service::startup::Application;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -21,13 +21,16 @@ use crate::helpers::{
 };
 use crate::service::wait_for_health;
 
-both_backends!(migrations_run_up_and_down_from_empty, startup_without_migrations_on_an_empty_database_fails);
+both_backends!(
+    migrations_run_up_and_down_from_empty,
+    startup_without_migrations_on_an_empty_database_fails
+);
 
 async fn table_exists(db: &TestDatabase, table: &str) -> bool {
     let sql = match db.backend {
-        Backend::Sqlite => format!(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
-        ),
+        Backend::Sqlite => {
+            format!("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'")
+        }
         Backend::Postgres => format!(
             "SELECT COUNT(*) FROM information_schema.tables \
              WHERE table_schema = current_schema() AND table_name = '{table}'"
@@ -146,11 +149,19 @@ async fn postgres_unreachable_is_unavailable_and_the_server_recovers() {
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(!status.message().to_lowercase().contains("select"));
         assert!(!status.message().to_lowercase().contains("insert"));
-        assert!(started.elapsed() < Duration::from_secs(5), "no hang past the timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no hang past the timeout"
+        );
     }
     let status = app.list(10, "", None).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
-    wait_for_health(health.clone(), "todo.v1.TodoService", ServingStatus::NotServing).await;
+    wait_for_health(
+        health.clone(),
+        "todo.v1.TodoService",
+        ServingStatus::NotServing,
+    )
+    .await;
 
     proxy.restore();
     wait_for_health(health, "todo.v1.TodoService", ServingStatus::Serving).await;

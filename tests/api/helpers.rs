@@ -53,9 +53,9 @@ fn init_logs() {
     static LOGS: OnceLock<()> = OnceLock::new();
     LOGS.get_or_init(|| {
         let result = if std::env::var_os("TEST_LOG").is_some() {
-            todo_service::telemetry::init(std::io::stdout)
+            todo_service::telemetry::init(std::io::stdout, false)
         } else {
-            todo_service::telemetry::init(std::io::sink)
+            todo_service::telemetry::init(std::io::sink, false)
         };
         drop(result);
     });
@@ -96,9 +96,11 @@ impl TestDatabase {
             Backend::Postgres => {
                 let base = postgres_base_url();
                 let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
-                let admin = Database::connect(base.as_str()).await.unwrap_or_else(|err| {
-                    panic!("PostgreSQL tests need {base} (set TODO_TEST_POSTGRES_URL): {err}")
-                });
+                let admin = Database::connect(base.as_str())
+                    .await
+                    .unwrap_or_else(|err| {
+                        panic!("PostgreSQL tests need {base} (set TODO_TEST_POSTGRES_URL): {err}")
+                    });
                 admin
                     .execute_unprepared(&format!("CREATE SCHEMA \"{schema}\""))
                     .await
@@ -126,7 +128,10 @@ impl TestDatabase {
     pub async fn scalar(&self, sql: &str) -> i64 {
         let row = self
             .conn
-            .query_one_raw(Statement::from_string(self.conn.get_database_backend(), sql))
+            .query_one_raw(Statement::from_string(
+                self.conn.get_database_backend(),
+                sql,
+            ))
             .await
             .expect("query")
             .expect("one row");

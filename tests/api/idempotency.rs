@@ -43,7 +43,10 @@ async fn first_call_is_fresh_and_retries_replay_the_same_response(backend: Backe
     let app = spawn_app(backend).await;
     let key = fresh_key();
     let first = app.create(new_todo("once"), Some(&key)).await.unwrap();
-    assert!(!is_replayed(&first), "a first call carries no replay marker");
+    assert!(
+        !is_replayed(&first),
+        "a first call carries no replay marker"
+    );
     for _ in 0..3 {
         let again = app.create(new_todo("once"), Some(&key)).await.unwrap();
         assert!(is_replayed(&again));
@@ -71,14 +74,25 @@ async fn replay_survives_change_and_delete_without_resurrecting(backend: Backend
     app.update(replace(changed), None).await.unwrap();
     let replay = app.create(new_todo("original"), Some(&key)).await.unwrap();
     assert!(is_replayed(&replay));
-    assert_eq!(replay.get_ref(), &original, "the stored response, not the current row");
+    assert_eq!(
+        replay.get_ref(),
+        &original,
+        "the stored response, not the current row"
+    );
 
     app.delete(&original.id, "").await.unwrap();
     let replay = app.create(new_todo("original"), Some(&key)).await.unwrap();
     assert!(is_replayed(&replay));
     assert_eq!(replay.get_ref(), &original);
-    assert_eq!(app.todo_count().await, 0, "the replay did not resurrect the todo");
-    assert_eq!(app.get(&original.id).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        app.todo_count().await,
+        0,
+        "the replay did not resurrect the todo"
+    );
+    assert_eq!(
+        app.get(&original.id).await.unwrap_err().code(),
+        Code::NotFound
+    );
 }
 
 async fn same_key_with_another_request_is_failed_precondition(backend: Backend) {
@@ -89,10 +103,7 @@ async fn same_key_with_another_request_is_failed_precondition(backend: Backend) 
         .await
         .unwrap()
         .into_inner();
-    let status = app
-        .create(new_todo("bread"), Some(&key))
-        .await
-        .unwrap_err();
+    let status = app.create(new_todo("bread"), Some(&key)).await.unwrap_err();
     assert_key_reused(&status);
     let mut completed = new_todo("milk");
     if let Some(todo) = completed.todo.as_mut() {
@@ -118,7 +129,10 @@ async fn same_key_on_another_method_is_another_key(backend: Backend) {
     let mut update = created.clone();
     update.completed = true;
     let updated = app.update(replace(update), Some(&key)).await.unwrap();
-    assert!(!is_replayed(&updated), "a fresh update, not a replay or a mismatch");
+    assert!(
+        !is_replayed(&updated),
+        "a fresh update, not a replay or a mismatch"
+    );
     assert!(updated.get_ref().completed);
     assert_eq!(app.key_count().await, 2);
 }
@@ -135,7 +149,9 @@ async fn invalid_keys_are_rejected_and_write_nothing(backend: Backend) {
     ];
     for value in bad_keys {
         let mut request = Request::new(new_todo("never"));
-        request.metadata_mut().insert("idempotency-key", value.clone());
+        request
+            .metadata_mut()
+            .insert("idempotency-key", value.clone());
         let status = app.client.clone().create_todo(request).await.unwrap_err();
         assert_invalid_field(&status, "idempotency-key");
 
@@ -145,8 +161,17 @@ async fn invalid_keys_are_rejected_and_write_nothing(backend: Backend) {
         let status = app.client.clone().update_todo(request).await.unwrap_err();
         assert_invalid_field(&status, "idempotency-key");
     }
-    assert_eq!(app.todo_count().await, 5, "only the untouched targets exist");
-    assert!(app.list_all(10, None).await.iter().all(|t| t.title == "target"));
+    assert_eq!(
+        app.todo_count().await,
+        5,
+        "only the untouched targets exist"
+    );
+    assert!(
+        app.list_all(10, None)
+            .await
+            .iter()
+            .all(|t| t.title == "target")
+    );
     assert_eq!(app.key_count().await, 0);
     // The longest valid key works.
     let longest = "k".repeat(255);
@@ -229,7 +254,10 @@ async fn concurrent_same_key_creates_make_exactly_one_todo(backend: Backend) {
     let fresh = responses.iter().filter(|r| !is_replayed(r)).count();
     assert_eq!(fresh, 1, "exactly one response without the replay marker");
     let first = responses[0].get_ref();
-    assert!(responses.iter().all(|r| r.get_ref() == first), "all the same todo");
+    assert!(
+        responses.iter().all(|r| r.get_ref() == first),
+        "all the same todo"
+    );
     assert_eq!(app.todo_count().await, 1);
     assert_eq!(app.key_count().await, 1);
 }
@@ -398,9 +426,8 @@ async fn equal_requests_encoded_differently_match(backend: Backend) {
         }),
     };
     let codec = tonic_prost::ProstCodec::<ForeignCreateTodoRequest, proto::Todo>::default();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/todo.v1.TodoService/CreateTodo",
-    );
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/todo.v1.TodoService/CreateTodo");
     let replay = grpc
         .unary(keyed(foreign, Some(&key)), path, codec)
         .await

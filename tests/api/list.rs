@@ -27,7 +27,12 @@ async fn list_is_ordered_by_id_which_is_creation_order(backend: Backend) {
     for i in 0..7 {
         created.push(app.create_todo(&format!("todo {i}")).await.id);
     }
-    let listed: Vec<String> = app.list_all(3, None).await.into_iter().map(|t| t.id).collect();
+    let listed: Vec<String> = app
+        .list_all(3, None)
+        .await
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
     assert_eq!(listed, created);
 }
 
@@ -48,7 +53,10 @@ async fn page_size_zero_means_fifty(backend: Backend) {
     assert!(!page.next_page_token.is_empty());
     let rest = app.list(0, &page.next_page_token, None).await.unwrap();
     assert_eq!(rest.todos.len(), 1);
-    assert!(rest.next_page_token.is_empty(), "no token after the last page");
+    assert!(
+        rest.next_page_token.is_empty(),
+        "no token after the last page"
+    );
 }
 
 async fn page_size_above_1000_means_1000(backend: Backend) {
@@ -128,7 +136,10 @@ async fn token_stays_valid_across_replicas_and_restarts(backend: Backend) {
 
     let restarted = spawn_on(Arc::clone(&db), |_| {}).await;
     let replica = spawn_on(db, |_| {}).await;
-    let from_restarted = restarted.list(2, &page.next_page_token, None).await.unwrap();
+    let from_restarted = restarted
+        .list(2, &page.next_page_token, None)
+        .await
+        .unwrap();
     let from_replica = replica.list(2, &page.next_page_token, None).await.unwrap();
     assert_eq!(from_restarted.todos.len(), 2);
     assert_eq!(from_restarted, from_replica);

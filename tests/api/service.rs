@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_reflection::pb::v1 as reflection_v1;
 use tonic_reflection::pb::v1alpha as reflection_v1alpha;
 
@@ -61,14 +61,10 @@ async fn health_reports_serving_for_both_names(backend: Backend) {
 async fn reflection_lists_the_services_in_v1_and_v1alpha(backend: Backend) {
     let app = spawn_app(backend).await;
     let channel = channel(&app).await;
-    let want = [
-        "todo.v1.TodoService",
-        "grpc.health.v1.Health",
-    ];
+    let want = ["todo.v1.TodoService", "grpc.health.v1.Health"];
 
-    let mut v1 = reflection_v1::server_reflection_client::ServerReflectionClient::new(
-        channel.clone(),
-    );
+    let mut v1 =
+        reflection_v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
     let request = reflection_v1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(
@@ -89,7 +85,10 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha(backend: Backend) {
     };
     let names: HashSet<String> = list.service.into_iter().map(|s| s.name).collect();
     for name in want {
-        assert!(names.contains(name), "v1 reflection lacks {name}: {names:?}");
+        assert!(
+            names.contains(name),
+            "v1 reflection lacks {name}: {names:?}"
+        );
     }
 
     let mut v1alpha =
@@ -125,7 +124,8 @@ async fn sixty_four_concurrent_writers_all_succeed(backend: Backend) {
         let app = &app;
         async move {
             let key = fresh_key();
-            app.create(new_todo(&format!("writer {i}")), Some(&key)).await
+            app.create(new_todo(&format!("writer {i}")), Some(&key))
+                .await
         }
     });
     for result in join_all(calls).await {

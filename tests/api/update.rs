@@ -44,7 +44,10 @@ async fn full_replacement_replaces_every_field_and_changes_etag(backend: Backend
         .into_inner();
     assert_eq!(updated.id, created.id);
     assert_eq!(updated.title, "new");
-    assert_eq!(updated.description, "", "full replacement clears omitted fields");
+    assert_eq!(
+        updated.description, "",
+        "full replacement clears omitted fields"
+    );
     assert!(updated.completed);
     assert_ne!(updated.etag, created.etag);
     assert_eq!(updated.create_time, created.create_time);
@@ -132,7 +135,11 @@ async fn invalid_mask_paths_are_rejected(backend: Backend) {
             .unwrap_err();
         assert_invalid_field(&status, "update_mask");
     }
-    assert_eq!(app.get(&created.id).await.unwrap(), created, "nothing written");
+    assert_eq!(
+        app.get(&created.id).await.unwrap(),
+        created,
+        "nothing written"
+    );
 }
 
 async fn update_of_a_missing_todo_is_not_found(backend: Backend) {
@@ -181,16 +188,31 @@ async fn update_that_changes_nothing_is_not_a_write(backend: Backend) {
     let mut same = created.clone();
     same.etag.clear();
     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    let first = app.update(replace(same.clone()), None).await.unwrap().into_inner();
+    let first = app
+        .update(replace(same.clone()), None)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(first, created, "etag and update_time unchanged");
     let second = app.update(replace(same), None).await.unwrap().into_inner();
-    assert_eq!(second, created, "repeating it leaves exactly the same state");
+    assert_eq!(
+        second, created,
+        "repeating it leaves exactly the same state"
+    );
 
     let mut changed = created.clone();
     changed.completed = true;
-    let done = app.update(replace(changed.clone()), None).await.unwrap().into_inner();
+    let done = app
+        .update(replace(changed.clone()), None)
+        .await
+        .unwrap()
+        .into_inner();
     changed.etag = done.etag.clone();
-    let again = app.update(replace(changed), None).await.unwrap().into_inner();
+    let again = app
+        .update(replace(changed), None)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(again, done, "a repeated full replacement is not a write");
 }
 
