@@ -4,46 +4,122 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use crate::idempotency::SweepSettings;
 use crate::storage::DatabaseSettings;
 
+/// The command line: an optional subcommand (default `serve`) and the configuration.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "todo-server",
     version,
     about = "TodoService: a gRPC TODO service whose every write is safe to retry"
 )]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Serve gRPC until SIGINT or SIGTERM (the default).
+    Serve,
+    /// Delete the expired idempotency keys once, in batches, then exit (for a cron job; see
+    /// also --sweep-enabled).
+    Sweep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to serve gRPC on (plaintext HTTP/2). Port 0 picks a free port.
-    #[arg(long, env = "TODO_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "TODO_LISTEN_ADDR",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
     pub listen_addr: SocketAddr,
 
     /// Database URL: `sqlite:<file>` (created if missing) or `postgres://user@host:port/db`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:todo.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite:todo.db",
+        global = true
+    )]
     pub database_url: String,
 
     /// How long an idempotency key is remembered (e.g. `24h`, `90m`). A key older than this
     /// behaves as new.
-    #[arg(long, env = "TODO_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TODO_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
     pub idempotency_retention: Duration,
 
     /// Most database connections in the pool (on SQLite: readers; writes use one connection).
-    #[arg(long, env = "TODO_DB_POOL_SIZE", default_value_t = 10)]
+    #[arg(long, env = "TODO_DB_POOL_SIZE", default_value_t = 10, global = true)]
     pub db_pool_size: u32,
 
     /// Longest wait to connect to the database, to get a pooled connection, and (PostgreSQL)
     /// for one statement. Past it the RPC fails with UNAVAILABLE.
-    #[arg(long, env = "TODO_DB_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TODO_DB_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub db_timeout: Duration,
 
     /// Apply pending database migrations at start-up (`true` or `false`).
-    #[arg(long, env = "TODO_RUN_MIGRATIONS", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = "TODO_RUN_MIGRATIONS", default_value_t = true, action = ArgAction::Set, global = true)]
     pub run_migrations: bool,
 
     /// How often the health service checks that the database answers.
-    #[arg(long, env = "TODO_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TODO_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub health_check_interval: Duration,
+
+    /// Run the expired-key sweeper inside the server (`true` or `false`; with `false`, run
+    /// `todo-server sweep` from cron instead).
+    #[arg(long, env = "TODO_SWEEP_ENABLED", default_value_t = true, action = ArgAction::Set, global = true)]
+    pub sweep_enabled: bool,
+
+    /// How often the in-process sweeper runs.
+    #[arg(long, env = "TODO_SWEEP_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub sweep_interval: Duration,
+
+    /// Most expired keys one sweep batch (one DELETE) removes.
+    #[arg(
+        long,
+        env = "TODO_SWEEP_BATCH_SIZE",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub sweep_batch_size: u64,
+
+    /// Pause between two sweep batches, so a sweep never starves RPCs.
+    #[arg(long, env = "TODO_SWEEP_BATCH_PAUSE", default_value = "100ms", value_parser = humantime::parse_duration, global = true)]
+    pub sweep_batch_pause: Duration,
+
+    /// Serve Prometheus metrics on `--metrics-listen-addr` (`true` or `false`).
+    #[arg(long, env = "TODO_METRICS_ENABLED", default_value_t = true, action = ArgAction::Set, global = true)]
+    pub metrics_enabled: bool,
+
+    /// Address of the HTTP endpoint `GET /metrics` (Prometheus text format).
+    #[arg(
+        long,
+        env = "TODO_METRICS_LISTEN_ADDR",
+        default_value = "127.0.0.1:9464",
+        global = true
+    )]
+    pub metrics_listen_addr: SocketAddr,
+
+    /// Log format: `text` or `json` (one object per line). `RUST_LOG` sets the filter.
+    #[arg(long, env = "TODO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -54,6 +130,14 @@ impl Config {
             timeout: self.db_timeout,
         }
     }
+
+    pub fn sweep(&self) -> SweepSettings {
+        SweepSettings {
+            retention: self.idempotency_retention,
+            batch_size: self.sweep_batch_size,
+            batch_pause: self.sweep_batch_pause,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -62,32 +146,49 @@ mod tests {
 
     #[test]
     fn defaults_match_the_contract() {
-        let config = Config::try_parse_from(["todo-server"]).unwrap();
+        let cli = Cli::try_parse_from(["todo-server"]).unwrap();
+        assert_eq!(cli.command, None);
+        let config = cli.config;
         assert_eq!(config.listen_addr, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(config.idempotency_retention, Duration::from_secs(24 * 3600));
         assert!(config.run_migrations);
+        assert_eq!(config.sweep_batch_size, 10_000);
+        assert_eq!(config.sweep_interval, Duration::from_secs(300));
+        assert_eq!(
+            config.metrics_listen_addr,
+            "127.0.0.1:9464".parse().unwrap()
+        );
+        assert_eq!(config.log_format, LogFormat::Text);
     }
 
     #[test]
-    fn flags_override_defaults() {
-        let config = Config::try_parse_from([
+    fn flags_override_defaults_before_or_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
             "todo-server",
             "--listen-addr",
             "127.0.0.1:0",
+            "sweep",
             "--idempotency-retention",
             "90m",
             "--run-migrations",
             "false",
+            "--log-format",
+            "json",
         ])
         .unwrap();
-        assert_eq!(config.listen_addr.port(), 0);
-        assert_eq!(config.idempotency_retention, Duration::from_secs(90 * 60));
-        assert!(!config.run_migrations);
+        assert_eq!(cli.command, Some(Command::Sweep));
+        assert_eq!(cli.config.listen_addr.port(), 0);
+        assert_eq!(
+            cli.config.idempotency_retention,
+            Duration::from_secs(90 * 60)
+        );
+        assert!(!cli.config.run_migrations);
+        assert_eq!(cli.config.log_format, LogFormat::Json);
     }
 
     #[test]
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
-        Config::command().debug_assert();
+        Cli::command().debug_assert();
     }
 }

@@ -11,7 +11,8 @@
 //! - [`startup`]: `Application`: connects storage, runs migrations, binds the listener and
 //!   serves TodoService, health and reflection until the caller's shutdown signal.
 //! - [`config`]: the clap `Config` (`--help` is the reference).
-//! - [`telemetry`]: tracing subscriber set-up.
+//! - [`telemetry`]: tracing subscriber set-up (text or JSON).
+//! - [`metrics`]: Prometheus registry and `/metrics` rendering.
 //! - [`grpc`]: the transport. Handlers read metadata, convert proto <-> domain (parsing all
 //!   input into domain types), call the use cases, and map errors to statuses.
 //! - [`idempotency`]: the key mechanism any write RPC reuses: key newtype, request
@@ -29,6 +30,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod idempotency;
+pub mod metrics;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

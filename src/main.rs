@@ -1,28 +1,49 @@
+use std::process::ExitCode;
+
 use clap::Parser;
-use todo_service::config::Config;
-use todo_service::startup::Application;
+use todo_service::config::{Cli, Command};
+use todo_service::startup::{Application, sweep_once};
 use todo_service::telemetry;
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = cli.config;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    if let Err(err) = telemetry::init(std::io::stdout, ansi) {
+    if let Err(err) = telemetry::init(std::io::stdout, config.log_format, ansi) {
         eprintln!("cannot set up logging: {err}");
-        return std::process::ExitCode::FAILURE;
+        return ExitCode::FAILURE;
     }
-    let app = match Application::build(&config).await {
-        Ok(app) => app,
-        Err(err) => {
-            tracing::error!(error = %err, "start-up failed");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match app.run_until_stopped(shutdown_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %err, "server failed");
-            std::process::ExitCode::FAILURE
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Sweep => match sweep_once(&config).await {
+            Ok(report) => {
+                tracing::info!(
+                    rows_deleted = report.rows_deleted,
+                    batches = report.batches,
+                    "sweep finished"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "sweep failed");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve => {
+            let app = match Application::build(&config).await {
+                Ok(app) => app,
+                Err(err) => {
+                    tracing::error!(error = %err, "start-up failed");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match app.run_until_stopped(shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(error = %err, "server failed");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

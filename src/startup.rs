@@ -1,12 +1,15 @@
-//! Builds the server from a [`Config`]: database, migrations, listener, and the gRPC services
-//! (TodoService, health, reflection). The caller owns the shutdown signal.
+//! Builds the server from a [`Config`]: database, migrations, listeners, and the services
+//! (TodoService, health, reflection, metrics, key sweeper). The caller owns the shutdown
+//! signal.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::DbErr;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::transport::Server;
@@ -15,7 +18,8 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
 use crate::grpc::TodoApi;
-use crate::idempotency::Idempotency;
+use crate::idempotency::{Idempotency, SweepReport, SweepSettings, run_sweeper, sweep_expired};
+use crate::metrics::Metrics;
 use crate::proto::{self, todo_service_server::TodoServiceServer};
 use crate::storage::Storage;
 
@@ -34,78 +38,138 @@ pub enum StartupError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// A server ready to run: connected, migrated, and bound to its port.
+/// A server ready to run: connected, migrated, and bound to its ports.
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
     storage: Storage,
+    metrics: Arc<Metrics>,
     api: TodoApi,
     health_check_interval: Duration,
+    sweeper: Option<(SweepSettings, Duration)>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let bind_error = |source| StartupError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
+/// Connects to the database and applies migrations if the configuration says so.
+async fn open_storage(config: &Config) -> Result<Storage, StartupError> {
+    let storage = Storage::connect(&config.database()).await?;
+    if config.run_migrations {
+        storage.migrate().await?;
+    }
+    Ok(storage)
+}
+
+/// `todo-server sweep`: deletes the expired idempotency keys once.
+pub async fn sweep_once(config: &Config) -> Result<SweepReport, StartupError> {
+    let storage = open_storage(config).await?;
+    let report = sweep_expired(&storage, config.sweep()).await;
+    storage.close().await;
+    Ok(report?)
 }
 
 impl Application {
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
-        let storage = Storage::connect(&config.database()).await?;
-        if config.run_migrations {
-            storage.migrate().await?;
-        }
+        let storage = open_storage(config).await?;
         let page_token_key = storage.page_token_key().await?;
+        let metrics = Arc::new(Metrics::new());
         let idempotency = Idempotency::new(storage.clone(), config.idempotency_retention);
-        let api = TodoApi::new(storage.clone(), idempotency, page_token_key);
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: config.listen_addr,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| StartupError::Bind {
-            addr: config.listen_addr,
-            source,
-        })?;
+        let api = TodoApi::new(
+            storage.clone(),
+            idempotency,
+            page_token_key,
+            Arc::clone(&metrics),
+        );
+        let (listener, local_addr) = bind(config.listen_addr).await?;
+        let metrics_listener = if config.metrics_enabled {
+            Some(bind(config.metrics_listen_addr).await?)
+        } else {
+            None
+        };
         Ok(Self {
             listener,
             local_addr,
+            metrics_listener,
             storage,
+            metrics,
             api,
             health_check_interval: config.health_check_interval,
+            sweeper: config
+                .sweep_enabled
+                .then(|| (config.sweep(), config.sweep_interval)),
         })
     }
 
-    /// The address actually bound (useful with port 0).
+    /// The gRPC address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The metrics address actually bound, if metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     pub fn storage(&self) -> &Storage {
         &self.storage
     }
 
-    /// Serves until `shutdown` completes, then stops accepting calls and waits for the calls
-    /// in flight to finish.
+    /// Serves until `shutdown` completes, then stops accepting calls, waits for the calls in
+    /// flight to finish, and stops the background tasks.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartupError> {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let health_task = tokio::spawn(report_health(
+        tasks.spawn(report_health(
             health_reporter,
             self.storage.clone(),
             self.health_check_interval,
+            stopped.clone(),
         ));
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        if let Some((settings, interval)) = self.sweeper {
+            tasks.spawn(run_sweeper(
+                self.storage.clone(),
+                settings,
+                interval,
+                Arc::clone(&self.metrics),
+                stopped.clone(),
+            ));
+        }
+        if let Some((listener, addr)) = self.metrics_listener {
+            tracing::info!(%addr, "serving metrics on /metrics");
+            tasks.spawn(serve_metrics(
+                listener,
+                Arc::clone(&self.metrics),
+                self.storage.clone(),
+                stopped.clone(),
+            ));
+        }
 
-        tracing::info!(addr = %self.local_addr, backend = ?self.storage.backend(), "serving");
+        tracing::info!(addr = %self.local_addr, backend = ?self.storage.backend(), "serving gRPC");
         let served = Server::builder()
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
             .add_service(TodoServiceServer::new(self.api))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+                shutdown.await;
+                stop.send_replace(true);
+            })
             .await;
-        health_task.abort();
-        tracing::info!("stopped");
+        stop.send_replace(true);
+        while tasks.join_next().await.is_some() {}
         self.storage.close().await;
+        tracing::info!("stopped");
         Ok(served?)
     }
 }
@@ -121,13 +185,21 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 
 /// Keeps the health service in step with the database: SERVING for "" and
 /// "todo.v1.TodoService" while the database answers, NOT_SERVING while it does not.
-async fn report_health(reporter: HealthReporter, storage: Storage, interval: Duration) {
+async fn report_health(
+    reporter: HealthReporter,
+    storage: Storage,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let name = <TodoServiceServer<TodoApi> as NamedService>::NAME;
     let mut last = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
         let status = match storage.ping().await {
             Ok(()) => ServingStatus::Serving,
             Err(err) => {
@@ -140,5 +212,34 @@ async fn report_health(reporter: HealthReporter, storage: Storage, interval: Dur
             reporter.set_service_status(name, status).await;
             last = Some(status);
         }
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format, until `stop`.
+async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    storage: Storage,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                metrics.render(&storage),
+            )
+        }),
+    );
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await;
+    if let Err(err) = served {
+        tracing::error!(error = %err, "metrics endpoint failed");
     }
 }

@@ -31,6 +31,18 @@ pub fn idempotency_key(metadata: &MetadataMap) -> Result<Option<IdempotencyKey>,
         .map_err(|why| ServiceError::invalid(IDEMPOTENCY_KEY, why))
 }
 
+/// Request metadata a caller may set to correlate its logs with ours.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The caller's `x-request-id` if it is short visible ASCII, else a new UUIDv7.
+pub fn request_id(metadata: &MetadataMap) -> String {
+    metadata
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
 /// Marks a response as replayed.
 pub fn mark_replayed(metadata: &mut MetadataMap) {
     metadata.insert(IDEMPOTENT_REPLAYED, MetadataValue::from_static("true"));
@@ -62,6 +74,16 @@ mod tests {
             idempotency_key(&metadata),
             Err(ServiceError::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn request_id_is_taken_from_the_caller_or_generated() {
+        let mut metadata = MetadataMap::new();
+        assert_eq!(request_id(&metadata).len(), 36);
+        metadata.insert(REQUEST_ID, "req-42".parse().unwrap());
+        assert_eq!(request_id(&metadata), "req-42");
+        metadata.insert(REQUEST_ID, "has space".parse().unwrap());
+        assert_ne!(request_id(&metadata), "has space");
     }
 
     #[test]

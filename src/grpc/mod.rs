@@ -5,4 +5,4 @@ mod convert;
 pub mod metadata;
 mod service;
 
-pub use service::{CREATE_TODO, DELETE_TODO, GET_TODO, LIST_TODOS, TodoApi, UPDATE_TODO};
+pub use service::{CREATE_TODO, DELETE_TODO, GET_TODO, LIST_TODOS, Rpc, TodoApi, UPDATE_TODO};

@@ -2,24 +2,49 @@
 //! Nothing here touches SQL.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, field};
 
 use super::{convert, metadata};
 use crate::domain::{Caller, PageTokenKey};
 use crate::error::ServiceError;
-use crate::idempotency::{Executed, Idempotency, IdempotentRequest, Outcome};
+use crate::idempotency::{Executed, Idempotency, IdempotencyKey, IdempotentRequest, Outcome};
+use crate::metrics::{IdempotentOutcome, Metrics, code_name};
 use crate::proto::{self, todo_service_server::TodoService};
 use crate::storage::Storage;
 use crate::todos;
 
-pub const CREATE_TODO: &str = "/todo.v1.TodoService/CreateTodo";
-pub const GET_TODO: &str = "/todo.v1.TodoService/GetTodo";
-pub const LIST_TODOS: &str = "/todo.v1.TodoService/ListTodos";
-pub const UPDATE_TODO: &str = "/todo.v1.TodoService/UpdateTodo";
-pub const DELETE_TODO: &str = "/todo.v1.TodoService/DeleteTodo";
+/// One RPC: its short name (for logs and metrics) and its full path (the idempotency scope).
+#[derive(Debug, Clone, Copy)]
+pub struct Rpc {
+    pub name: &'static str,
+    pub path: &'static str,
+}
+
+pub const CREATE_TODO: Rpc = Rpc {
+    name: "CreateTodo",
+    path: "/todo.v1.TodoService/CreateTodo",
+};
+pub const GET_TODO: Rpc = Rpc {
+    name: "GetTodo",
+    path: "/todo.v1.TodoService/GetTodo",
+};
+pub const LIST_TODOS: Rpc = Rpc {
+    name: "ListTodos",
+    path: "/todo.v1.TodoService/ListTodos",
+};
+pub const UPDATE_TODO: Rpc = Rpc {
+    name: "UpdateTodo",
+    path: "/todo.v1.TodoService/UpdateTodo",
+};
+pub const DELETE_TODO: Rpc = Rpc {
+    name: "DeleteTodo",
+    path: "/todo.v1.TodoService/DeleteTodo",
+};
 
 /// The gRPC face of the service.
 #[derive(Debug, Clone)]
@@ -27,14 +52,21 @@ pub struct TodoApi {
     storage: Storage,
     idempotency: Idempotency,
     page_token_key: PageTokenKey,
+    metrics: Arc<Metrics>,
 }
 
 impl TodoApi {
-    pub fn new(storage: Storage, idempotency: Idempotency, page_token_key: PageTokenKey) -> Self {
+    pub fn new(
+        storage: Storage,
+        idempotency: Idempotency,
+        page_token_key: PageTokenKey,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             storage,
             idempotency,
             page_token_key,
+            metrics,
         }
     }
 
@@ -42,57 +74,94 @@ impl TodoApi {
     fn caller<T>(_request: &Request<T>) -> Caller {
         Caller::anonymous()
     }
+
+    /// Runs one RPC inside a span that records method, request id, outcome (fresh /
+    /// replayed / mismatch / error), status code and latency; counts it in the metrics; and
+    /// turns its result into a gRPC response.
+    async fn observe<R>(
+        &self,
+        rpc: Rpc,
+        request_metadata: &MetadataMap,
+        call: impl Future<Output = Result<Executed<R>, ServiceError>>,
+    ) -> Result<Response<R>, Status> {
+        let span = tracing::info_span!(
+            "rpc",
+            method = rpc.name,
+            request_id = %metadata::request_id(request_metadata),
+            key_hash = field::Empty,
+            outcome = field::Empty,
+            code = field::Empty,
+            latency_ms = field::Empty,
+        );
+        async move {
+            let started = Instant::now();
+            let result = call.await;
+            let latency = started.elapsed();
+            let (outcome, code) = match &result {
+                Ok(executed) if executed.outcome == Outcome::Replayed => {
+                    ("replayed", tonic::Code::Ok)
+                }
+                Ok(_) => ("fresh", tonic::Code::Ok),
+                Err(err @ ServiceError::IdempotencyKeyReused) => ("mismatch", err.code()),
+                Err(err) => ("error", err.code()),
+            };
+            let span = tracing::Span::current();
+            span.record("outcome", outcome);
+            span.record("code", code_name(code));
+            span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+            tracing::info!("rpc finished");
+            self.metrics.record_rpc(rpc.name, code, latency);
+            if let Some(outcome) = idempotent_outcome(&result) {
+                self.metrics.record_idempotent(rpc.name, outcome);
+            }
+
+            let executed = result?;
+            let mut response = Response::new(executed.response);
+            if executed.outcome == Outcome::Replayed {
+                metadata::mark_replayed(response.metadata_mut());
+            }
+            Ok(response)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// How a call counts in `todo_idempotent_requests_total`, if it does.
+fn idempotent_outcome<R>(result: &Result<Executed<R>, ServiceError>) -> Option<IdempotentOutcome> {
+    match result {
+        Ok(executed) if executed.keyed => Some(match executed.outcome {
+            Outcome::Fresh => IdempotentOutcome::Fresh,
+            Outcome::Replayed => IdempotentOutcome::Replayed,
+        }),
+        Ok(_) => None,
+        Err(ServiceError::IdempotencyKeyReused) => Some(IdempotentOutcome::Mismatch),
+        Err(ServiceError::InvalidArgument(violations))
+            if violations
+                .iter()
+                .any(|v| v.field == metadata::IDEMPOTENCY_KEY) =>
+        {
+            Some(IdempotentOutcome::InvalidKey)
+        }
+        Err(_) => None,
+    }
+}
+
+/// The request's idempotency key, recorded in the span as a short hash.
+fn idempotency_key(metadata: &MetadataMap) -> Result<Option<IdempotencyKey>, ServiceError> {
+    let key = metadata::idempotency_key(metadata)?;
+    if let Some(key) = &key {
+        tracing::Span::current().record("key_hash", key.log_hash());
+    }
+    Ok(key)
 }
 
 fn fresh<R>(response: R) -> Executed<R> {
     Executed {
         response,
         outcome: Outcome::Fresh,
+        keyed: false,
     }
-}
-
-/// Runs one RPC inside a span that records method, outcome (fresh / replayed / mismatch /
-/// error), status code and latency, and turns its result into a gRPC response.
-async fn observe<R>(
-    method: &'static str,
-    call: impl Future<Output = Result<Executed<R>, ServiceError>>,
-) -> Result<Response<R>, Status> {
-    let span = tracing::info_span!(
-        "rpc",
-        method,
-        outcome = field::Empty,
-        code = field::Empty,
-        latency_ms = field::Empty
-    );
-    async move {
-        let started = Instant::now();
-        let result = call.await;
-        let (outcome, code) = match &result {
-            Ok(Executed {
-                outcome: Outcome::Fresh,
-                ..
-            }) => ("fresh", tonic::Code::Ok),
-            Ok(Executed {
-                outcome: Outcome::Replayed,
-                ..
-            }) => ("replayed", tonic::Code::Ok),
-            Err(err @ ServiceError::IdempotencyKeyReused) => ("mismatch", err.code()),
-            Err(err) => ("error", err.code()),
-        };
-        let span = tracing::Span::current();
-        span.record("outcome", outcome);
-        span.record("code", field::debug(code));
-        span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
-        tracing::info!("rpc finished");
-        let executed = result?;
-        let mut response = Response::new(executed.response);
-        if executed.outcome == Outcome::Replayed {
-            metadata::mark_replayed(response.metadata_mut());
-        }
-        Ok(response)
-    }
-    .instrument(span)
-    .await
 }
 
 #[tonic::async_trait]
@@ -101,12 +170,14 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::CreateTodoRequest>,
     ) -> Result<Response<proto::Todo>, Status> {
-        observe(CREATE_TODO, async {
-            let key = metadata::idempotency_key(request.metadata())?;
+        let request_metadata = request.metadata().clone();
+        self.observe(CREATE_TODO, &request_metadata, async {
+            let key = idempotency_key(request.metadata())?;
             let caller = Self::caller(&request);
             let message = request.into_inner();
             let new_todo = convert::new_todo(&message)?;
-            let keyed = key.map(|key| IdempotentRequest::new(caller, CREATE_TODO, key, &message));
+            let keyed =
+                key.map(|key| IdempotentRequest::new(caller, CREATE_TODO.path, key, &message));
             self.idempotency
                 .execute(keyed.as_ref(), |txn| {
                     Box::pin(async move {
@@ -123,7 +194,7 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::GetTodoRequest>,
     ) -> Result<Response<proto::Todo>, Status> {
-        observe(GET_TODO, async {
+        self.observe(GET_TODO, request.metadata(), async {
             let id = convert::todo_id("id", &request.get_ref().id)?;
             let todo = todos::get(&self.storage, id).await?;
             Ok(fresh(convert::todo(&todo)))
@@ -135,7 +206,7 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::ListTodosRequest>,
     ) -> Result<Response<proto::ListTodosResponse>, Status> {
-        observe(LIST_TODOS, async {
+        self.observe(LIST_TODOS, request.metadata(), async {
             let query = convert::list_query(request.get_ref(), &self.page_token_key)?;
             let page = todos::list(&self.storage, &self.page_token_key, query).await?;
             Ok(fresh(proto::ListTodosResponse {
@@ -150,12 +221,14 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::UpdateTodoRequest>,
     ) -> Result<Response<proto::Todo>, Status> {
-        observe(UPDATE_TODO, async {
-            let key = metadata::idempotency_key(request.metadata())?;
+        let request_metadata = request.metadata().clone();
+        self.observe(UPDATE_TODO, &request_metadata, async {
+            let key = idempotency_key(request.metadata())?;
             let caller = Self::caller(&request);
             let message = request.into_inner();
             let update = convert::update_todo(&message)?;
-            let keyed = key.map(|key| IdempotentRequest::new(caller, UPDATE_TODO, key, &message));
+            let keyed =
+                key.map(|key| IdempotentRequest::new(caller, UPDATE_TODO.path, key, &message));
             self.idempotency
                 .execute(keyed.as_ref(), |txn| {
                     Box::pin(async move {
@@ -172,9 +245,9 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::DeleteTodoRequest>,
     ) -> Result<Response<()>, Status> {
-        observe(DELETE_TODO, async {
+        self.observe(DELETE_TODO, request.metadata(), async {
             // DeleteTodo is idempotent by nature; a key is checked for form but not stored.
-            metadata::idempotency_key(request.metadata())?;
+            idempotency_key(request.metadata())?;
             let delete = convert::delete_todo(request.get_ref())?;
             todos::delete(&self.storage, delete).await?;
             Ok(fresh(()))

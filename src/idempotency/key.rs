@@ -30,6 +30,13 @@ impl IdempotencyKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A short hash of the key, to correlate log lines without logging the key itself.
+    pub fn log_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.0.as_bytes());
+        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// Keys are credentials of a sort (they replay responses): debug output shows only a prefix.
@@ -65,6 +72,21 @@ mod tests {
         ] {
             assert!(IdempotencyKey::parse(&bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn log_hash_is_short_stable_and_not_the_key() {
+        let key = IdempotencyKey::parse("my-secret-key").unwrap();
+        assert_eq!(key.log_hash().len(), 12);
+        assert_eq!(
+            key.log_hash(),
+            IdempotencyKey::parse("my-secret-key").unwrap().log_hash()
+        );
+        assert_ne!(
+            key.log_hash(),
+            IdempotencyKey::parse("other").unwrap().log_hash()
+        );
+        assert!(!key.log_hash().contains("secret"));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 mod fingerprint;
 mod key;
 mod persistence;
+mod sweeper;
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use sea_orm::DatabaseTransaction;
 pub use fingerprint::RequestFingerprint;
 pub use key::IdempotencyKey;
 pub use persistence::Entity as IdempotencyKeyEntity;
+pub use sweeper::{SweepReport, SweepSettings, run_sweeper, sweep_expired};
 
 use crate::domain::{Caller, Timestamp};
 use crate::error::ServiceError;
@@ -69,6 +71,8 @@ pub enum Outcome {
 pub struct Executed<R> {
     pub response: R,
     pub outcome: Outcome,
+    /// Whether the call carried an idempotency key.
+    pub keyed: bool,
 }
 
 /// Runs write calls exactly once per idempotency key.
@@ -109,6 +113,7 @@ impl Idempotency {
             return Ok(Executed {
                 response,
                 outcome: Outcome::Fresh,
+                keyed: false,
             });
         };
 
@@ -131,6 +136,7 @@ impl Idempotency {
                 return Ok(Executed {
                     response,
                     outcome: Outcome::Fresh,
+                    keyed: true,
                 });
             }
             // A live row exists: it was committed before our claim returned (the claim waits
@@ -170,5 +176,6 @@ fn replay<R: Message + Default>(
     Ok(Executed {
         response,
         outcome: Outcome::Replayed,
+        keyed: true,
     })
 }

@@ -85,6 +85,36 @@ impl Storage {
         &self.reader
     }
 
+    /// For single writes outside a transaction (on SQLite: the one writer connection).
+    pub fn writer(&self) -> &DatabaseConnection {
+        &self.writer
+    }
+
+    /// Connection pool sizes, for metrics: (pool name, open connections, idle connections).
+    pub fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
+        let stats = |db: &DatabaseConnection| match self.backend {
+            DbBackend::Sqlite => {
+                let pool = db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => {
+                let pool = db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+        };
+        if self.backend == DbBackend::Sqlite {
+            let (reader_size, reader_idle) = stats(&self.reader);
+            let (writer_size, writer_idle) = stats(&self.writer);
+            vec![
+                ("reader", reader_size, reader_idle),
+                ("writer", writer_size, writer_idle),
+            ]
+        } else {
+            let (size, idle) = stats(&self.reader);
+            vec![("shared", size, idle)]
+        }
+    }
+
     /// Starts a write transaction (on SQLite, `BEGIN IMMEDIATE` on the single writer).
     pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
         let options = TransactionOptions {

@@ -12,7 +12,7 @@ use clap::Parser;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use tempfile::TempDir;
 use todo_service::TodoServiceClient;
-use todo_service::config::Config;
+use todo_service::config::{Cli, Config, LogFormat};
 use todo_service::proto;
 use todo_service::startup::{Application, StartupError};
 use tokio::sync::oneshot;
@@ -53,9 +53,9 @@ fn init_logs() {
     static LOGS: OnceLock<()> = OnceLock::new();
     LOGS.get_or_init(|| {
         let result = if std::env::var_os("TEST_LOG").is_some() {
-            todo_service::telemetry::init(std::io::stdout, false)
+            todo_service::telemetry::init(std::io::stdout, LogFormat::Text, false)
         } else {
-            todo_service::telemetry::init(std::io::sink, false)
+            todo_service::telemetry::init(std::io::sink, LogFormat::Text, false)
         };
         drop(result);
     });
@@ -182,6 +182,7 @@ impl Drop for TestDatabase {
 /// A running server and a client connected to it.
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub client: TodoServiceClient<Channel>,
     pub db: Arc<TestDatabase>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -197,11 +198,14 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
     spawn_on(db, configure).await
 }
 
-/// The configuration tests start from: port 0, the test's database, quick health checks.
+/// The configuration tests start from: ports 0, the test's database, quick health checks, no
+/// background sweeper (tests that want one turn it on).
 pub fn test_config(db: &TestDatabase) -> Config {
-    Config::try_parse_from([
+    Cli::try_parse_from([
         "todo-server",
         "--listen-addr",
+        "127.0.0.1:0",
+        "--metrics-listen-addr",
         "127.0.0.1:0",
         "--database-url",
         db.url.as_str(),
@@ -209,8 +213,11 @@ pub fn test_config(db: &TestDatabase) -> Config {
         "100ms",
         "--db-pool-size",
         "8",
+        "--sweep-enabled",
+        "false",
     ])
     .expect("test configuration")
+    .config
 }
 
 /// Starts a server on an existing database (another replica, or a restart).
@@ -222,6 +229,7 @@ pub async fn spawn_on(db: Arc<TestDatabase>, configure: impl FnOnce(&mut Config)
         .await
         .expect("the application starts");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -231,6 +239,7 @@ pub async fn spawn_on(db: Arc<TestDatabase>, configure: impl FnOnce(&mut Config)
         .expect("connect to the test server");
     TestApp {
         addr,
+        metrics_addr,
         client,
         db,
         shutdown: Some(shutdown),

@@ -9,5 +9,6 @@ mod delete;
 mod get;
 mod idempotency;
 mod list;
+mod operations;
 mod service;
 mod update;

@@ -1,0 +1,257 @@
+//! Prometheus metrics. Each `Application` has its own registry (no global state), served as
+//! text on `GET /metrics` at `--metrics-listen-addr`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::idempotency::SweepReport;
+use crate::storage::Storage;
+
+/// How an idempotent request (a write carrying, or trying to carry, a key) was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotentOutcome {
+    Fresh,
+    Replayed,
+    Mismatch,
+    InvalidKey,
+}
+
+impl IdempotentOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::Replayed => "replayed",
+            Self::Mismatch => "mismatch",
+            Self::InvalidKey => "invalid_key",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdempotentLabels {
+    method: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: &'static str,
+    state: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. ~4 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    idempotent_requests: Family<IdempotentLabels, Counter>,
+    grpc_requests: Family<GrpcLabels, Counter>,
+    grpc_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    swept_rows: Counter,
+    sweeps: Counter,
+    sweep_duration: Histogram,
+    pool_connections: Family<PoolLabels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics(..)")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let idempotent_requests = Family::<IdempotentLabels, Counter>::default();
+        registry.register(
+            "todo_idempotent_requests",
+            "Write calls that carried an idempotency-key, by method and outcome (fresh, replayed, mismatch, invalid_key)",
+            idempotent_requests.clone(),
+        );
+        let grpc_requests = Family::<GrpcLabels, Counter>::default();
+        registry.register(
+            "todo_grpc_requests",
+            "TodoService calls by method and gRPC status code",
+            grpc_requests.clone(),
+        );
+        let grpc_latency: Family<MethodLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "todo_grpc_request_duration_seconds",
+            "TodoService call latency in seconds, by method",
+            grpc_latency.clone(),
+        );
+        let swept_rows = Counter::default();
+        registry.register(
+            "todo_idempotency_keys_swept",
+            "Expired idempotency keys deleted by the sweeper",
+            swept_rows.clone(),
+        );
+        let sweeps = Counter::default();
+        registry.register(
+            "todo_idempotency_sweeps",
+            "Sweeps of expired idempotency keys completed",
+            sweeps.clone(),
+        );
+        let sweep_duration = Histogram::new(exponential_buckets(0.001, 4.0, 10));
+        registry.register(
+            "todo_idempotency_sweep_duration_seconds",
+            "Duration of one sweep of expired idempotency keys, in seconds",
+            sweep_duration.clone(),
+        );
+        let pool_connections = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "todo_db_pool_connections",
+            "Database pool connections by pool and state (in_use, idle)",
+            pool_connections.clone(),
+        );
+        Self {
+            registry,
+            idempotent_requests,
+            grpc_requests,
+            grpc_latency,
+            swept_rows,
+            sweeps,
+            sweep_duration,
+            pool_connections,
+        }
+    }
+
+    pub fn record_rpc(&self, method: &'static str, code: tonic::Code, latency: Duration) {
+        self.grpc_requests
+            .get_or_create(&GrpcLabels {
+                method,
+                code: code_name(code),
+            })
+            .inc();
+        self.grpc_latency
+            .get_or_create(&MethodLabels { method })
+            .observe(latency.as_secs_f64());
+    }
+
+    pub fn record_idempotent(&self, method: &'static str, outcome: IdempotentOutcome) {
+        self.idempotent_requests
+            .get_or_create(&IdempotentLabels {
+                method,
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn record_sweep(&self, report: SweepReport, duration: Duration) {
+        self.swept_rows.inc_by(report.rows_deleted);
+        self.sweeps.inc();
+        self.sweep_duration.observe(duration.as_secs_f64());
+    }
+
+    /// The metrics in the text exposition format, with pool gauges read now.
+    pub fn render(&self, storage: &Storage) -> String {
+        for (pool, size, idle) in storage.pool_stats() {
+            let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+            let in_use = i64::from(size) - idle;
+            self.pool_connections
+                .get_or_create(&PoolLabels {
+                    pool,
+                    state: "in_use",
+                })
+                .set(in_use.max(0));
+            self.pool_connections
+                .get_or_create(&PoolLabels {
+                    pool,
+                    state: "idle",
+                })
+                .set(idle);
+        }
+        let mut text = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %err, "cannot encode metrics");
+        }
+        text
+    }
+}
+
+/// The canonical upper-case name of a gRPC status code (`OK`, `INVALID_ARGUMENT`, ...).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_appear_in_the_text_format_with_prometheus_names() {
+        let metrics = Metrics::new();
+        metrics.record_idempotent("CreateTodo", IdempotentOutcome::Replayed);
+        metrics.record_rpc("CreateTodo", tonic::Code::Ok, Duration::from_millis(3));
+        metrics.record_sweep(
+            SweepReport {
+                rows_deleted: 7,
+                batches: 1,
+            },
+            Duration::from_millis(10),
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
+        assert!(text.contains(
+            "todo_idempotent_requests_total{method=\"CreateTodo\",outcome=\"replayed\"} 1"
+        ));
+        assert!(text.contains("todo_grpc_requests_total{method=\"CreateTodo\",code=\"OK\"} 1"));
+        assert!(text.contains("todo_grpc_request_duration_seconds_count{method=\"CreateTodo\"} 1"));
+        assert!(text.contains("todo_idempotency_keys_swept_total 7"));
+        assert!(text.contains("todo_idempotency_sweeps_total 1"));
+    }
+
+    #[test]
+    fn code_names_are_canonical() {
+        assert_eq!(
+            code_name(tonic::Code::FailedPrecondition),
+            "FAILED_PRECONDITION"
+        );
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+    }
+}
