@@ -2,6 +2,7 @@
 //! `todo-server --help` is the reference.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
@@ -30,6 +31,9 @@ pub enum Command {
     /// Delete the expired idempotency keys once, in batches, then exit (for a cron job; see
     /// also --sweep-enabled).
     Sweep,
+    /// Read a bearer token from standard input and print its SHA-256, as the tokens file
+    /// wants it.
+    HashToken,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,6 +124,51 @@ pub struct Config {
     /// Log format: `text` or `json` (one object per line). `RUST_LOG` sets the filter.
     #[arg(long, env = "TODO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// File of callers and the SHA-256 of their bearer tokens (`<caller-id> <sha256-hex>` per
+    /// line). With it, every TodoService call needs `authorization: Bearer <token>`; without
+    /// it, every caller is "anonymous".
+    #[arg(long, env = "TODO_TOKENS_FILE", global = true)]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Allow serving anonymous callers (no --tokens-file) on a non-loopback address. Without
+    /// it the server refuses to start that way.
+    #[arg(long, env = "TODO_ALLOW_ANONYMOUS_NON_LOOPBACK", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", global = true)]
+    pub allow_anonymous_non_loopback: bool,
+
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "TODO_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TODO_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): require client certificates signed by it (mutual TLS).
+    #[arg(long, env = "TODO_TLS_CLIENT_CA", requires = "tls_cert", global = true)]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Largest request message accepted, in bytes; larger is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TODO_MAX_REQUEST_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_request_bytes: usize,
+
+    /// Largest request metadata (headers) accepted, in bytes as HTTP/2 counts them; larger is
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TODO_MAX_METADATA_BYTES", default_value_t = 8 * 1024, global = true)]
+    pub max_metadata_bytes: usize,
+
+    /// Longest a call may run before it fails with DEADLINE_EXCEEDED (and rolls back).
+    #[arg(long, env = "TODO_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub request_timeout: Duration,
+
+    /// Most calls served at once on one connection; more wait their turn.
+    #[arg(
+        long,
+        env = "TODO_MAX_CONCURRENT_CALLS_PER_CONNECTION",
+        default_value_t = 128,
+        global = true
+    )]
+    pub max_concurrent_calls_per_connection: usize,
 }
 
 impl Config {
@@ -159,6 +208,24 @@ mod tests {
             "127.0.0.1:9464".parse().unwrap()
         );
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.tokens_file, None);
+        assert!(!config.allow_anonymous_non_loopback);
+        assert_eq!(config.max_request_bytes, 65_536);
+    }
+
+    #[test]
+    fn tls_key_without_cert_is_refused() {
+        assert!(Cli::try_parse_from(["todo-server", "--tls-key", "k.pem"]).is_err());
+        assert!(
+            Cli::try_parse_from(["todo-server", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn allow_flag_works_bare() {
+        let cli = Cli::try_parse_from(["todo-server", "--allow-anonymous-non-loopback"]).unwrap();
+        assert!(cli.config.allow_anonymous_non_loopback);
     }
 
     #[test]

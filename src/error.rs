@@ -35,6 +35,19 @@ pub enum ServiceError {
     #[error("idempotency key already used with a different request")]
     IdempotencyKeyReused,
 
+    /// UNAUTHENTICATED: no valid `authorization: Bearer <token>` while tokens are configured.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+
+    /// RESOURCE_EXHAUSTED: the request exceeds a size limit (message, metadata).
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+
+    /// DEADLINE_EXCEEDED: the call took longer than `--request-timeout`; nothing it started
+    /// was committed unless its commit had already been sent (retry with the same key).
+    #[error("request timed out")]
+    DeadlineExceeded,
+
     /// UNAVAILABLE: the database is unreachable, overloaded or timed out. Safe to retry with
     /// the same idempotency key.
     #[error("database unavailable: {0}")]
@@ -56,6 +69,9 @@ impl ServiceError {
             Self::NotFound(_) => Code::NotFound,
             Self::EtagMismatch(_) => Code::Aborted,
             Self::IdempotencyKeyReused => Code::FailedPrecondition,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
@@ -98,9 +114,11 @@ impl From<ServiceError> for Status {
                     HashMap::<String, String>::new(),
                 ),
             ),
-            ServiceError::NotFound(_) | ServiceError::EtagMismatch(_) => {
-                Status::new(code, err.to_string())
-            }
+            ServiceError::NotFound(_)
+            | ServiceError::EtagMismatch(_)
+            | ServiceError::Unauthenticated(_)
+            | ServiceError::ResourceExhausted(_)
+            | ServiceError::DeadlineExceeded => Status::new(code, err.to_string()),
             ServiceError::Unavailable(source) => {
                 tracing::warn!(error = %source, "database unavailable");
                 Status::new(

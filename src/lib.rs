@@ -11,6 +11,7 @@
 //! - [`startup`]: `Application`: connects storage, runs migrations, binds the listener and
 //!   serves TodoService, health and reflection until the caller's shutdown signal.
 //! - [`config`]: the clap `Config` (`--help` is the reference).
+//! - [`auth`]: callers and their bearer tokens (the tokens file).
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
 //! - [`metrics`]: Prometheus registry and `/metrics` rendering.
 //! - [`grpc`]: the transport. Handlers read metadata, convert proto <-> domain (parsing all
@@ -25,6 +26,7 @@
 //!
 //! Schema migrations live in the separate `migration` crate.
 
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -15,6 +15,20 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     match cli.command.unwrap_or(Command::Serve) {
+        Command::HashToken => {
+            let mut token = String::new();
+            if let Err(err) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut token) {
+                eprintln!("cannot read the token from standard input: {err}");
+                return ExitCode::FAILURE;
+            }
+            let token = token.trim_end_matches(['\r', '\n']);
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                eprintln!("the token must be one line of visible ASCII characters");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", todo_service::auth::hash_token(token));
+            ExitCode::SUCCESS
+        }
         Command::Sweep => match sweep_once(&config).await {
             Ok(report) => {
                 tracing::info!(

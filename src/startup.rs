@@ -16,8 +16,11 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::{CallerTokens, TokensFileError};
 use crate::config::Config;
 use crate::grpc::TodoApi;
+use crate::grpc::guard::RequestGuard;
+use crate::grpc::limits::limit_request_bodies;
 use crate::idempotency::{Idempotency, SweepReport, SweepSettings, run_sweeper, sweep_expired};
 use crate::metrics::Metrics;
 use crate::proto::{self, todo_service_server::TodoServiceServer};
@@ -36,6 +39,49 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tokens(#[from] TokensFileError),
+    #[error(
+        "refusing to serve anonymous callers on the non-loopback address {0}: configure \
+         --tokens-file (TODO_TOKENS_FILE), or pass --allow-anonymous-non-loopback if this \
+         is really wanted"
+    )]
+    AnonymousNonLoopback(SocketAddr),
+    #[error("cannot read {path}: {source}")]
+    TlsFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// How calls are guarded and bounded.
+struct Limits {
+    tokens: Arc<CallerTokens>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    max_request_bytes: usize,
+    max_metadata_bytes: usize,
+    max_concurrent_calls_per_connection: usize,
+}
+
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, StartupError> {
+    std::fs::read(path).map_err(|source| StartupError::TlsFile {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The TLS configuration from `--tls-cert`, `--tls-key` and `--tls-client-ca`, if any.
+fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, StartupError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let mut tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read_pem(ca)?));
+    }
+    Ok(Some(tls))
 }
 
 /// A server ready to run: connected, migrated, and bound to its ports.
@@ -46,6 +92,7 @@ pub struct Application {
     storage: Storage,
     metrics: Arc<Metrics>,
     api: TodoApi,
+    limits: Limits,
     health_check_interval: Duration,
     sweeper: Option<(SweepSettings, Duration)>,
 }
@@ -76,6 +123,23 @@ pub async fn sweep_once(config: &Config) -> Result<SweepReport, StartupError> {
 
 impl Application {
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        let tokens = match &config.tokens_file {
+            Some(path) => CallerTokens::load(path)?,
+            None => CallerTokens::default(),
+        };
+        if tokens.is_empty()
+            && !config.listen_addr.ip().is_loopback()
+            && !config.allow_anonymous_non_loopback
+        {
+            return Err(StartupError::AnonymousNonLoopback(config.listen_addr));
+        }
+        let limits = Limits {
+            tokens: Arc::new(tokens),
+            tls: tls_config(config)?,
+            max_request_bytes: config.max_request_bytes,
+            max_metadata_bytes: config.max_metadata_bytes,
+            max_concurrent_calls_per_connection: config.max_concurrent_calls_per_connection,
+        };
         let storage = open_storage(config).await?;
         let page_token_key = storage.page_token_key().await?;
         let metrics = Arc::new(Metrics::new());
@@ -85,6 +149,7 @@ impl Application {
             idempotency,
             page_token_key,
             Arc::clone(&metrics),
+            config.request_timeout,
         );
         let (listener, local_addr) = bind(config.listen_addr).await?;
         let metrics_listener = if config.metrics_enabled {
@@ -99,6 +164,7 @@ impl Application {
             storage,
             metrics,
             api,
+            limits,
             health_check_interval: config.health_check_interval,
             sweeper: config
                 .sweep_enabled
@@ -155,12 +221,35 @@ impl Application {
             ));
         }
 
-        tracing::info!(addr = %self.local_addr, backend = ?self.storage.backend(), "serving gRPC");
-        let served = Server::builder()
+        tracing::info!(
+            addr = %self.local_addr,
+            backend = ?self.storage.backend(),
+            tls = self.limits.tls.is_some(),
+            authenticated_callers = !self.limits.tokens.is_empty(),
+            "serving gRPC"
+        );
+        let limits = self.limits;
+        let mut builder = Server::builder();
+        if let Some(tls) = limits.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let todo_service = tonic::service::interceptor::InterceptedService::new(
+            TodoServiceServer::new(self.api).max_decoding_message_size(limits.max_request_bytes),
+            RequestGuard::new(limits.tokens, limits.max_metadata_bytes),
+        );
+        let header_list_limit = u32::try_from(limits.max_metadata_bytes.saturating_mul(2))
+            .unwrap_or(u32::MAX)
+            .max(16 * 1024);
+        let served = builder
+            .concurrency_limit_per_connection(limits.max_concurrent_calls_per_connection)
+            .http2_max_header_list_size(header_list_limit)
+            .layer(tower::util::MapRequestLayer::new(limit_request_bodies(
+                limits.max_request_bytes,
+            )))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
-            .add_service(TodoServiceServer::new(self.api))
+            .add_service(todo_service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
                 shutdown.await;
                 stop.send_replace(true);

@@ -1,10 +1,12 @@
 //! What each TodoService RPC does, over storage and independent of gRPC: the use cases.
-//! Writes that honour idempotency keys take the open transaction the key is claimed in.
+//! Writes that honour idempotency keys take the open transaction the key is claimed in. Every
+//! use case acts for one caller and sees only that caller's todos: another caller's todo is
+//! NOT_FOUND (never PERMISSION_DENIED, which would reveal that it exists).
 
 use sea_orm::DatabaseTransaction;
 
 use crate::domain::{
-    ListQuery, NewTodo, PageToken, PageTokenKey, Timestamp, Todo, TodoId, TodoPatch,
+    Caller, ListQuery, NewTodo, PageToken, PageTokenKey, Timestamp, Todo, TodoId, TodoPatch,
 };
 use crate::error::ServiceError;
 use crate::storage::{self, Storage};
@@ -33,32 +35,40 @@ pub struct TodoPage {
     pub next_page_token: Option<String>,
 }
 
-pub async fn create(txn: &DatabaseTransaction, new: NewTodo) -> Result<Todo, ServiceError> {
+pub async fn create(
+    txn: &DatabaseTransaction,
+    caller: &Caller,
+    new: NewTodo,
+) -> Result<Todo, ServiceError> {
     let todo = Todo::create(new, Timestamp::now());
-    storage::insert_todo(txn, &todo).await?;
+    storage::insert_todo(txn, caller, &todo).await?;
     Ok(todo)
 }
 
-pub async fn get(storage: &Storage, id: TodoId) -> Result<Todo, ServiceError> {
-    storage::find_todo(storage.reader(), id)
+pub async fn get(storage: &Storage, caller: &Caller, id: TodoId) -> Result<Todo, ServiceError> {
+    storage::find_todo(storage.reader(), caller, id)
         .await?
         .ok_or(ServiceError::NotFound(id))
 }
 
 pub async fn list(
     storage: &Storage,
+    caller: &Caller,
     key: &PageTokenKey,
     query: ListQuery,
 ) -> Result<TodoPage, ServiceError> {
-    let mut todos = storage::list_todos(storage.reader(), query).await?;
+    let mut todos = storage::list_todos(storage.reader(), caller, query).await?;
     let page_size = usize::try_from(query.page_size.get()).unwrap_or(usize::MAX);
     let next_page_token = if todos.len() > page_size {
         todos.truncate(page_size);
         todos.last().map(|last| {
-            key.encode(&PageToken {
-                filter: query.filter,
-                after: last.id,
-            })
+            key.encode(
+                &PageToken {
+                    filter: query.filter,
+                    after: last.id,
+                },
+                caller,
+            )
         })
     } else {
         None
@@ -70,8 +80,12 @@ pub async fn list(
 }
 
 /// Applies the update; an update that changes nothing returns the todo as it is, unwritten.
-pub async fn update(txn: &DatabaseTransaction, update: UpdateTodo) -> Result<Todo, ServiceError> {
-    let current = storage::find_todo_for_update(txn, update.id)
+pub async fn update(
+    txn: &DatabaseTransaction,
+    caller: &Caller,
+    update: UpdateTodo,
+) -> Result<Todo, ServiceError> {
+    let current = storage::find_todo_for_update(txn, caller, update.id)
         .await?
         .ok_or(ServiceError::NotFound(update.id))?;
     if !current.etag_matches(&update.etag) {
@@ -80,7 +94,7 @@ pub async fn update(txn: &DatabaseTransaction, update: UpdateTodo) -> Result<Tod
     match current.apply(update.patch, Timestamp::now()) {
         None => Ok(current),
         Some(next) => {
-            storage::update_todo(txn, &next).await?;
+            storage::update_todo(txn, caller, &next).await?;
             Ok(next)
         }
     }
@@ -88,10 +102,14 @@ pub async fn update(txn: &DatabaseTransaction, update: UpdateTodo) -> Result<Tod
 
 /// Deletes the todo if it exists. A missing todo is success (its etag is then ignored); an
 /// existing one with another etag is ABORTED.
-pub async fn delete(storage: &Storage, delete: DeleteTodo) -> Result<(), ServiceError> {
+pub async fn delete(
+    storage: &Storage,
+    caller: &Caller,
+    delete: DeleteTodo,
+) -> Result<(), ServiceError> {
     let txn = storage.begin_write().await?;
     if !delete.etag.is_empty() {
-        match storage::find_todo_for_update(&txn, delete.id).await? {
+        match storage::find_todo_for_update(&txn, caller, delete.id).await? {
             None => return Ok(()),
             Some(current) if !current.etag_matches(&delete.etag) => {
                 return Err(ServiceError::EtagMismatch(delete.id));
@@ -99,7 +117,7 @@ pub async fn delete(storage: &Storage, delete: DeleteTodo) -> Result<(), Service
             Some(_) => {}
         }
     }
-    storage::delete_todo(&txn, delete.id).await?;
+    storage::delete_todo(&txn, caller, delete.id).await?;
     txn.commit().await?;
     Ok(())
 }

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_create_tables;
 mod m20261128_000002_idempotency_keys_created_at_index;
+mod m20261128_000003_todos_owner;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_create_tables::Migration),
             Box::new(m20261128_000002_idempotency_keys_created_at_index::Migration),
+            Box::new(m20261128_000003_todos_owner::Migration),
         ]
     }
 }

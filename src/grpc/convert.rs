@@ -4,8 +4,8 @@
 use prost_types::Timestamp as ProtoTimestamp;
 
 use crate::domain::{
-    FieldViolation, ListFilter, ListQuery, NewTodo, PageSize, PageTokenKey, Timestamp, Todo,
-    TodoDescription, TodoId, TodoPatch, TodoTitle, UpdateMask,
+    Caller, FieldViolation, ListFilter, ListQuery, NewTodo, PageSize, PageTokenKey, Timestamp,
+    Todo, TodoDescription, TodoId, TodoPatch, TodoTitle, UpdateMask,
 };
 use crate::error::ServiceError;
 use crate::proto;
@@ -96,6 +96,7 @@ pub fn delete_todo(request: &proto::DeleteTodoRequest) -> Result<DeleteTodo, Ser
 pub fn list_query(
     request: &proto::ListTodosRequest,
     key: &PageTokenKey,
+    caller: &Caller,
 ) -> Result<ListQuery, ServiceError> {
     let filter = ListFilter {
         completed: request.completed,
@@ -106,7 +107,10 @@ pub fn list_query(
         Some(None)
     } else {
         violations
-            .check("page_token", key.decode(&request.page_token, filter))
+            .check(
+                "page_token",
+                key.decode(&request.page_token, filter, caller),
+            )
             .map(|token| Some(token.after))
     };
     let query = page_size.zip(after).map(|(page_size, after)| ListQuery {
@@ -210,7 +214,7 @@ mod tests {
             completed: None,
         };
         assert_eq!(
-            fields(list_query(&request, &key).unwrap_err()),
+            fields(list_query(&request, &key, &Caller::anonymous()).unwrap_err()),
             ["page_size", "page_token"]
         );
     }

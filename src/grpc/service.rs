@@ -3,14 +3,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, field};
 
-use super::{convert, metadata};
-use crate::domain::{Caller, PageTokenKey};
+use super::{convert, guard, metadata};
+use crate::domain::PageTokenKey;
 use crate::error::ServiceError;
 use crate::idempotency::{Executed, Idempotency, IdempotencyKey, IdempotentRequest, Outcome};
 use crate::metrics::{IdempotentOutcome, Metrics, code_name};
@@ -53,6 +53,7 @@ pub struct TodoApi {
     idempotency: Idempotency,
     page_token_key: PageTokenKey,
     metrics: Arc<Metrics>,
+    request_timeout: Duration,
 }
 
 impl TodoApi {
@@ -61,23 +62,21 @@ impl TodoApi {
         idempotency: Idempotency,
         page_token_key: PageTokenKey,
         metrics: Arc<Metrics>,
+        request_timeout: Duration,
     ) -> Self {
         Self {
             storage,
             idempotency,
             page_token_key,
             metrics,
+            request_timeout,
         }
     }
 
-    /// The caller a request comes from. Callers do not authenticate yet, so all are one.
-    fn caller<T>(_request: &Request<T>) -> Caller {
-        Caller::anonymous()
-    }
-
-    /// Runs one RPC inside a span that records method, request id, outcome (fresh /
-    /// replayed / mismatch / error), status code and latency; counts it in the metrics; and
-    /// turns its result into a gRPC response.
+    /// Runs one RPC, for at most `--request-timeout` (then DEADLINE_EXCEEDED; dropping the
+    /// call rolls its transaction back), inside a span that records method, request id,
+    /// outcome (fresh / replayed / mismatch / error), status code and latency; counts it in the
+    /// metrics; and turns its result into a gRPC response.
     async fn observe<R>(
         &self,
         rpc: Rpc,
@@ -95,7 +94,9 @@ impl TodoApi {
         );
         async move {
             let started = Instant::now();
-            let result = call.await;
+            let result = tokio::time::timeout(self.request_timeout, call)
+                .await
+                .unwrap_or(Err(ServiceError::DeadlineExceeded));
             let latency = started.elapsed();
             let (outcome, code) = match &result {
                 Ok(executed) if executed.outcome == Outcome::Replayed => {
@@ -173,15 +174,15 @@ impl TodoService for TodoApi {
         let request_metadata = request.metadata().clone();
         self.observe(CREATE_TODO, &request_metadata, async {
             let key = idempotency_key(request.metadata())?;
-            let caller = Self::caller(&request);
+            let caller = guard::caller(&request)?;
             let message = request.into_inner();
             let new_todo = convert::new_todo(&message)?;
-            let keyed =
-                key.map(|key| IdempotentRequest::new(caller, CREATE_TODO.path, key, &message));
+            let keyed = key
+                .map(|key| IdempotentRequest::new(caller.clone(), CREATE_TODO.path, key, &message));
             self.idempotency
                 .execute(keyed.as_ref(), |txn| {
                     Box::pin(async move {
-                        let todo = todos::create(txn, new_todo).await?;
+                        let todo = todos::create(txn, &caller, new_todo).await?;
                         Ok(convert::todo(&todo))
                     })
                 })
@@ -195,8 +196,9 @@ impl TodoService for TodoApi {
         request: Request<proto::GetTodoRequest>,
     ) -> Result<Response<proto::Todo>, Status> {
         self.observe(GET_TODO, request.metadata(), async {
+            let caller = guard::caller(&request)?;
             let id = convert::todo_id("id", &request.get_ref().id)?;
-            let todo = todos::get(&self.storage, id).await?;
+            let todo = todos::get(&self.storage, &caller, id).await?;
             Ok(fresh(convert::todo(&todo)))
         })
         .await
@@ -207,8 +209,9 @@ impl TodoService for TodoApi {
         request: Request<proto::ListTodosRequest>,
     ) -> Result<Response<proto::ListTodosResponse>, Status> {
         self.observe(LIST_TODOS, request.metadata(), async {
-            let query = convert::list_query(request.get_ref(), &self.page_token_key)?;
-            let page = todos::list(&self.storage, &self.page_token_key, query).await?;
+            let caller = guard::caller(&request)?;
+            let query = convert::list_query(request.get_ref(), &self.page_token_key, &caller)?;
+            let page = todos::list(&self.storage, &caller, &self.page_token_key, query).await?;
             Ok(fresh(proto::ListTodosResponse {
                 todos: page.todos.iter().map(convert::todo).collect(),
                 next_page_token: page.next_page_token.unwrap_or_default(),
@@ -224,15 +227,15 @@ impl TodoService for TodoApi {
         let request_metadata = request.metadata().clone();
         self.observe(UPDATE_TODO, &request_metadata, async {
             let key = idempotency_key(request.metadata())?;
-            let caller = Self::caller(&request);
+            let caller = guard::caller(&request)?;
             let message = request.into_inner();
             let update = convert::update_todo(&message)?;
-            let keyed =
-                key.map(|key| IdempotentRequest::new(caller, UPDATE_TODO.path, key, &message));
+            let keyed = key
+                .map(|key| IdempotentRequest::new(caller.clone(), UPDATE_TODO.path, key, &message));
             self.idempotency
                 .execute(keyed.as_ref(), |txn| {
                     Box::pin(async move {
-                        let todo = todos::update(txn, update).await?;
+                        let todo = todos::update(txn, &caller, update).await?;
                         Ok(convert::todo(&todo))
                     })
                 })
@@ -248,8 +251,9 @@ impl TodoService for TodoApi {
         self.observe(DELETE_TODO, request.metadata(), async {
             // DeleteTodo is idempotent by nature; a key is checked for form but not stored.
             idempotency_key(request.metadata())?;
+            let caller = guard::caller(&request)?;
             let delete = convert::delete_todo(request.get_ref())?;
-            todos::delete(&self.storage, delete).await?;
+            todos::delete(&self.storage, &caller, delete).await?;
             Ok(fresh(()))
         })
         .await

@@ -1,5 +1,6 @@
 //! The `todos` table. Times are microseconds since the Unix epoch (exact on both databases);
-//! `revision` counts writes and is what the etag is made of.
+//! `revision` counts writes and is what the etag is made of; `owner` is the caller it belongs
+//! to.
 
 use sea_orm::entity::prelude::*;
 
@@ -14,6 +15,8 @@ pub struct Model {
     pub create_time_us: i64,
     pub update_time_us: i64,
     pub revision: i64,
+    /// The caller the todo belongs to; every query filters on it.
+    pub owner: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,4 +1,5 @@
-//! Queries on the `todos` table, in domain types.
+//! Queries on the `todos` table, in domain types. Every query is scoped to one owner: a
+//! caller never reads, changes or deletes another caller's todo.
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -7,7 +8,7 @@ use sea_orm::{
 };
 
 use super::todo_entity::{ActiveModel, Column, Entity, Model};
-use crate::domain::{ListQuery, Timestamp, Todo, TodoDescription, TodoId, TodoTitle};
+use crate::domain::{Caller, ListQuery, Timestamp, Todo, TodoDescription, TodoId, TodoTitle};
 
 fn to_domain(model: Model) -> Result<Todo, DbErr> {
     let corrupt = |field: &str, why: String| {
@@ -25,8 +26,9 @@ fn to_domain(model: Model) -> Result<Todo, DbErr> {
     })
 }
 
-fn to_active_model(todo: &Todo) -> ActiveModel {
+fn to_active_model(owner: &Caller, todo: &Todo) -> ActiveModel {
     ActiveModel {
+        owner: Set(owner.as_str().to_owned()),
         id: Set(todo.id.as_uuid()),
         title: Set(todo.title.as_str().to_owned()),
         description: Set(todo.description.as_str().to_owned()),
@@ -37,15 +39,24 @@ fn to_active_model(todo: &Todo) -> ActiveModel {
     }
 }
 
-pub async fn insert_todo<C: ConnectionTrait>(db: &C, todo: &Todo) -> Result<(), DbErr> {
-    Entity::insert(to_active_model(todo))
+pub async fn insert_todo<C: ConnectionTrait>(
+    db: &C,
+    owner: &Caller,
+    todo: &Todo,
+) -> Result<(), DbErr> {
+    Entity::insert(to_active_model(owner, todo))
         .exec_without_returning(db)
         .await?;
     Ok(())
 }
 
-pub async fn find_todo<C: ConnectionTrait>(db: &C, id: TodoId) -> Result<Option<Todo>, DbErr> {
+pub async fn find_todo<C: ConnectionTrait>(
+    db: &C,
+    owner: &Caller,
+    id: TodoId,
+) -> Result<Option<Todo>, DbErr> {
     Entity::find_by_id(id.as_uuid())
+        .filter(Column::Owner.eq(owner.as_str()))
         .one(db)
         .await?
         .map(to_domain)
@@ -56,9 +67,11 @@ pub async fn find_todo<C: ConnectionTrait>(db: &C, id: TodoId) -> Result<Option<
 /// SQLite the write transaction already excludes other writers).
 pub async fn find_todo_for_update(
     txn: &DatabaseTransaction,
+    owner: &Caller,
     id: TodoId,
 ) -> Result<Option<Todo>, DbErr> {
     Entity::find_by_id(id.as_uuid())
+        .filter(Column::Owner.eq(owner.as_str()))
         .lock_exclusive()
         .one(txn)
         .await?
@@ -67,7 +80,11 @@ pub async fn find_todo_for_update(
 }
 
 /// Writes every mutable field of `todo` over the stored row.
-pub async fn update_todo(txn: &DatabaseTransaction, todo: &Todo) -> Result<(), DbErr> {
+pub async fn update_todo(
+    txn: &DatabaseTransaction,
+    owner: &Caller,
+    todo: &Todo,
+) -> Result<(), DbErr> {
     let result = Entity::update_many()
         .col_expr(Column::Title, Expr::value(todo.title.as_str()))
         .col_expr(Column::Description, Expr::value(todo.description.as_str()))
@@ -78,6 +95,7 @@ pub async fn update_todo(txn: &DatabaseTransaction, todo: &Todo) -> Result<(), D
         )
         .col_expr(Column::Revision, Expr::value(todo.revision))
         .filter(Column::Id.eq(todo.id.as_uuid()))
+        .filter(Column::Owner.eq(owner.as_str()))
         .exec(txn)
         .await?;
     if result.rows_affected == 1 {
@@ -88,15 +106,26 @@ pub async fn update_todo(txn: &DatabaseTransaction, todo: &Todo) -> Result<(), D
 }
 
 /// Deletes the todo; returns whether a row was deleted.
-pub async fn delete_todo<C: ConnectionTrait>(db: &C, id: TodoId) -> Result<bool, DbErr> {
-    let result = Entity::delete_by_id(id.as_uuid()).exec(db).await?;
+pub async fn delete_todo<C: ConnectionTrait>(
+    db: &C,
+    owner: &Caller,
+    id: TodoId,
+) -> Result<bool, DbErr> {
+    let result = Entity::delete_by_id(id.as_uuid())
+        .filter(Column::Owner.eq(owner.as_str()))
+        .exec(db)
+        .await?;
     Ok(result.rows_affected > 0)
 }
 
 /// One page in id order, plus one row more if there is one (so the caller knows whether to
 /// issue a next page token).
-pub async fn list_todos<C: ConnectionTrait>(db: &C, query: ListQuery) -> Result<Vec<Todo>, DbErr> {
-    let mut select = Entity::find();
+pub async fn list_todos<C: ConnectionTrait>(
+    db: &C,
+    owner: &Caller,
+    query: ListQuery,
+) -> Result<Vec<Todo>, DbErr> {
+    let mut select = Entity::find().filter(Column::Owner.eq(owner.as_str()));
     if let Some(completed) = query.filter.completed {
         select = select.filter(Column::Completed.eq(completed));
     }

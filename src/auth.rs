@@ -1,0 +1,210 @@
+//! Callers and their bearer tokens. The tokens file holds, per caller, the SHA-256 of its token
+//! (never the token itself):
+//!
+//! ```text
+//! # caller-id   sha256-hex-of-token
+//! billing       9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+//! ```
+//!
+//! Blank lines and lines starting with `#` are ignored. `todo-server hash-token` prints the
+//! hash of a token read from standard input.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::domain::Caller;
+
+/// The configured callers. Empty means "no authentication": every caller is anonymous.
+#[derive(Clone, Default)]
+pub struct CallerTokens {
+    entries: Vec<(Caller, [u8; 32])>,
+}
+
+impl std::fmt::Debug for CallerTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerTokens")
+            .field("callers", &self.entries.len())
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokensFileError {
+    #[error("cannot read the tokens file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("tokens file line {line}: {reason}")]
+    Line { line: usize, reason: String },
+}
+
+/// Why a request was not authenticated. The client sees UNAUTHENTICATED either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Malformed,
+    Unknown,
+}
+
+/// SHA-256 of a token, as the tokens file stores it.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl CallerTokens {
+    pub fn load(path: &Path) -> Result<Self, TokensFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokensFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, TokensFileError> {
+        let mut entries: Vec<(Caller, [u8; 32])> = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let error = |reason: String| TokensFileError::Line {
+                line: index + 1,
+                reason,
+            };
+            let mut fields = line.split_whitespace();
+            let (Some(caller), Some(hash), None) = (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(error("expected `<caller-id> <sha256-hex>`".to_owned()));
+            };
+            let caller = Caller::parse(caller).map_err(|why| error(format!("caller id {why}")))?;
+            let mut digest = [0u8; 32];
+            hex::decode_to_slice(hash, &mut digest).map_err(|_| {
+                error("the hash must be 64 hex digits (SHA-256 of the token)".to_owned())
+            })?;
+            if entries.iter().any(|(known, _)| known == &caller) {
+                return Err(error(format!("caller {} appears twice", caller.as_str())));
+            }
+            if entries.iter().any(|(_, known)| known == &digest) {
+                return Err(error("two callers share one token".to_owned()));
+            }
+            entries.push((caller, digest));
+        }
+        Ok(Self { entries })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The caller of a request, from its `authorization` metadata value (if any). Without
+    /// configured tokens everyone is anonymous. The token's hash is compared with every entry
+    /// in constant time, so timing reveals neither which entry nor how much of it matched.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, AuthError> {
+        if self.entries.is_empty() {
+            return Ok(Caller::anonymous());
+        }
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let token = bearer_token(header).ok_or(AuthError::Malformed)?;
+        let presented: [u8; 32] = Sha256::digest(token).into();
+        let mut found: Option<&Caller> = None;
+        for (caller, digest) in &self.entries {
+            if bool::from(digest.ct_eq(&presented)) {
+                found = Some(caller);
+            }
+        }
+        found.cloned().ok_or(AuthError::Unknown)
+    }
+}
+
+/// The token of `Bearer <token>` (scheme in any case); the token must be visible ASCII.
+fn bearer_token(header: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = header.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = token.trim_ascii();
+    (!token.is_empty() && token.iter().all(u8::is_ascii_graphic)).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> CallerTokens {
+        CallerTokens::parse(&format!(
+            "# comment\n\nalice {}\n  bob   {}  \n",
+            hash_token("alice-token"),
+            hash_token("bob-token")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn hash_is_sha256_hex() {
+        assert_eq!(
+            hash_token("test"),
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+    }
+
+    #[test]
+    fn known_tokens_name_their_caller() {
+        let tokens = tokens();
+        assert_eq!(
+            tokens.authenticate(Some(b"Bearer alice-token")).unwrap(),
+            Caller::parse("alice").unwrap()
+        );
+        assert_eq!(
+            tokens.authenticate(Some(b"bearer bob-token")).unwrap(),
+            Caller::parse("bob").unwrap()
+        );
+    }
+
+    #[test]
+    fn missing_malformed_and_unknown_tokens_are_refused() {
+        let tokens = tokens();
+        assert_eq!(tokens.authenticate(None), Err(AuthError::Missing));
+        for malformed in [
+            &b"alice-token"[..],
+            b"Basic YWxpY2U=",
+            b"Bearer ",
+            b"Bearer a b",
+        ] {
+            assert_eq!(
+                tokens.authenticate(Some(malformed)),
+                Err(AuthError::Malformed)
+            );
+        }
+        assert_eq!(
+            tokens.authenticate(Some(b"Bearer mallory-token")),
+            Err(AuthError::Unknown)
+        );
+    }
+
+    #[test]
+    fn without_tokens_everyone_is_anonymous() {
+        let tokens = CallerTokens::default();
+        assert_eq!(tokens.authenticate(None).unwrap(), Caller::anonymous());
+        assert_eq!(
+            tokens.authenticate(Some(b"Bearer whatever")).unwrap(),
+            Caller::anonymous()
+        );
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_line() {
+        for bad in [
+            "alice",
+            "alice 1234",
+            &format!("alice {} extra", hash_token("x")),
+            &format!("al ice{}", hash_token("x")),
+            &format!("alice {}\nalice {}", hash_token("x"), hash_token("y")),
+            &format!("alice {}\nbob {}", hash_token("x"), hash_token("x")),
+        ] {
+            assert!(CallerTokens::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}
