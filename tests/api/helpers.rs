@@ -222,6 +222,16 @@ pub fn test_config(db: &TestDatabase) -> Config {
 
 /// Starts a server on an existing database (another replica, or a restart).
 pub async fn spawn_on(db: Arc<TestDatabase>, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let mut app = spawn_on_lazy(db, configure).await;
+    app.client = TodoServiceClient::connect(app.channel_uri())
+        .await
+        .expect("connect to the test server");
+    app
+}
+
+/// Like [`spawn_on`], but the plaintext client connects only when first used (for TLS servers,
+/// whose tests make their own clients).
+pub async fn spawn_on_lazy(db: Arc<TestDatabase>, configure: impl FnOnce(&mut Config)) -> TestApp {
     init_logs();
     let mut config = test_config(&db);
     configure(&mut config);
@@ -234,9 +244,11 @@ pub async fn spawn_on(db: Arc<TestDatabase>, configure: impl FnOnce(&mut Config)
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let client = TodoServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to the test server");
+    let client = TodoServiceClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect_lazy(),
+    );
     TestApp {
         addr,
         metrics_addr,

@@ -10,5 +10,6 @@ mod get;
 mod idempotency;
 mod list;
 mod operations;
+mod security;
 mod service;
 mod update;
