@@ -121,6 +121,20 @@ impl TestDatabase {
         }
     }
 
+    /// A database the test did not create (e.g. a throwaway PostgreSQL cluster's).
+    pub async fn attach(backend: Backend, url: &str) -> Self {
+        let conn = Database::connect(url)
+            .await
+            .expect("connect to the database");
+        Self {
+            backend,
+            url: url.to_owned(),
+            conn,
+            schema: None,
+            _dir: None,
+        }
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         self.scalar(&format!("SELECT COUNT(*) FROM {table}")).await
     }

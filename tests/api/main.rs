@@ -6,6 +6,7 @@ mod helpers;
 mod create;
 mod database;
 mod delete;
+mod faults;
 mod get;
 mod idempotency;
 mod list;

@@ -574,7 +574,7 @@ async fn slow_calls_hit_the_request_timeout_and_write_nothing() {
 async fn calls_per_connection_are_limited() {
     let app = spawn_app_with(Backend::Sqlite, |config| {
         config.max_concurrent_calls_per_connection = 1;
-        config.db_timeout = Duration::from_millis(1500);
+        config.db_timeout = Duration::from_secs(3);
     })
     .await;
     let todo = app.create_todo("readable").await;

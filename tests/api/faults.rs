@@ -1,0 +1,774 @@
+//! Exactly-once under faults, with the real server binary, real databases and real sockets on
+//! 127.0.0.1: replicas sharing PostgreSQL, SIGKILL mid-load, a PostgreSQL restart, lost
+//! responses, and SIGTERM mid-load. Each test prints its figures and asserts
+//! duplicates == 0 and lost == 0.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use todo_service::TodoServiceClient;
+use todo_service::proto;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response};
+
+use crate::helpers::{Backend, TestDatabase, is_replayed, keyed, new_todo};
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+/// A `todo-server` process.
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    database_url: String,
+    extra: Vec<String>,
+}
+
+impl ServerProcess {
+    pub async fn start(database_url: &str, listen: &str, extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let (child, addr) = spawn_server(database_url, listen, &extra).await;
+        Self {
+            child,
+            addr,
+            database_url: database_url.to_owned(),
+            extra,
+        }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(&self.child, "-TERM").await;
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the server exits after SIGTERM")
+            .expect("wait for the server")
+    }
+
+    /// Starts the server again on the same address and database.
+    pub async fn restart(&mut self) {
+        let listen = self.addr.to_string();
+        let (child, addr) = spawn_server(&self.database_url, &listen, &self.extra).await;
+        self.child = child;
+        self.addr = addr;
+    }
+
+    pub fn channel(&self) -> Channel {
+        channel_to(self.addr)
+    }
+}
+
+async fn signal(child: &Child, signal: &str) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .await;
+    }
+}
+
+async fn spawn_server(database_url: &str, listen: &str, extra: &[String]) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_todo-server"))
+        .args(["--listen-addr", listen, "--metrics-enabled", "false"])
+        .args(["--database-url", database_url, "--log-format", "json"])
+        .args(["--db-timeout", "2s", "--health-check-interval", "200ms"])
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn,todo_service::startup=info")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start todo-server");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the server starts in time")
+            .expect("read the server's stdout")
+            .expect("the server is running");
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if json["message"] == "serving gRPC" {
+            break json["addr"]
+                .as_str()
+                .expect("addr")
+                .parse()
+                .expect("an address");
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+fn channel_to(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a valid URI")
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy()
+}
+
+/// What a load run saw.
+#[derive(Default)]
+pub struct Figures {
+    pub attempts: AtomicU64,
+    pub retries: AtomicU64,
+    pub errors: Mutex<HashMap<Code, u64>>,
+}
+
+impl Figures {
+    fn error(&self, code: Code) {
+        *self.errors.lock().expect("lock").entry(code).or_default() += 1;
+    }
+
+    fn error_codes(&self) -> HashMap<Code, u64> {
+        self.errors.lock().expect("lock").clone()
+    }
+}
+
+/// Failures after which the same request with the same key may succeed: the server or the
+/// database was unreachable, or the connection broke (tonic reports a broken connection as
+/// UNAVAILABLE, or UNKNOWN/CANCELLED when the stream was reset), or the attempt ran out of time.
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+/// One logical create: retried with the same key until acknowledged or `give_up` passes.
+async fn create_with_retries(
+    channel: Channel,
+    title: String,
+    key: String,
+    figures: &Figures,
+    give_up: Instant,
+) -> Option<Response<proto::Todo>> {
+    let mut client = TodoServiceClient::new(channel);
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        figures.attempts.fetch_add(1, Ordering::Relaxed);
+        match client
+            .create_todo(keyed(new_todo(&title), Some(&key)))
+            .await
+        {
+            Ok(response) => return Some(response),
+            Err(status) if retryable(status.code()) => {
+                figures.error(status.code());
+                if Instant::now() > give_up {
+                    return None;
+                }
+                figures.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            Err(status) => panic!("a logical create failed for good: {status:?}"),
+        }
+    }
+}
+
+/// Runs `count` logical creates, `concurrency` at a time, spread over `channels`; returns the
+/// acknowledged todos by title.
+async fn run_load(
+    prefix: &str,
+    count: usize,
+    concurrency: usize,
+    channels: &[Channel],
+    figures: &Figures,
+    give_up: Instant,
+) -> HashMap<String, proto::Todo> {
+    let results: Vec<(String, Option<Response<proto::Todo>>)> = stream::iter(0..count)
+        .map(|i| {
+            let title = format!("{prefix}-{i}");
+            let key = format!("{prefix}-key-{i}");
+            let channel = channels[i % channels.len()].clone();
+            async move {
+                let response =
+                    create_with_retries(channel, title.clone(), key, figures, give_up).await;
+                (title, response)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    results
+        .into_iter()
+        .filter_map(|(title, response)| response.map(|r| (title, r.into_inner())))
+        .collect()
+}
+
+/// Rows, duplicated titles, and acknowledged todos missing from the database.
+async fn audit(
+    db: &TestDatabase,
+    acknowledged: &HashMap<String, proto::Todo>,
+) -> (i64, i64, usize) {
+    let rows = db.count("todos").await;
+    let duplicates = db
+        .scalar("SELECT COUNT(*) FROM (SELECT title FROM todos GROUP BY title HAVING COUNT(*) > 1) AS d")
+        .await;
+    let ids: HashSet<String> = all_ids(db).await;
+    let lost = acknowledged
+        .values()
+        .filter(|todo| !ids.contains(&todo.id))
+        .count();
+    (rows, duplicates, lost)
+}
+
+async fn all_ids(db: &TestDatabase) -> HashSet<String> {
+    use sea_orm::{ConnectionTrait, Statement};
+    let rows = db
+        .conn
+        .query_all_raw(Statement::from_string(
+            db.conn.get_database_backend(),
+            "SELECT id FROM todos",
+        ))
+        .await
+        .expect("ids");
+    rows.iter()
+        .map(|row| {
+            row.try_get_by_index::<uuid::Uuid>(0)
+                .expect("a uuid")
+                .hyphenated()
+                .to_string()
+        })
+        .collect()
+}
+
+fn print_figures(
+    test: &str,
+    logical: usize,
+    figures: &Figures,
+    acked: usize,
+    audit: (i64, i64, usize),
+) {
+    println!(
+        "{test}: logical={logical} calls={} retries={} acknowledged={acked} rows={} duplicates={} lost={} errors={:?}",
+        figures.attempts.load(Ordering::Relaxed),
+        figures.retries.load(Ordering::Relaxed),
+        audit.0,
+        audit.1,
+        audit.2,
+        figures.error_codes(),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Replicas
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_one_postgres_write_each_key_once() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    migrate(&db).await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(ServerProcess::start(&db.url, "127.0.0.1:0", &[]).await);
+    }
+    let channels: Vec<Channel> = replicas.iter().map(ServerProcess::channel).collect();
+
+    // 96 concurrent calls with one key, spread over the three.
+    let key = "replicas-one-key";
+    let responses: Vec<Response<proto::Todo>> = futures::future::join_all((0..96).map(|i| {
+        let mut client = TodoServiceClient::new(channels[i % 3].clone());
+        async move {
+            client
+                .create_todo(keyed(new_todo("one key, three replicas"), Some(key)))
+                .await
+                .expect("every call succeeds")
+        }
+    }))
+    .await;
+    let first_id = responses[0].get_ref().id.clone();
+    assert!(responses.iter().all(|r| r.get_ref().id == first_id));
+    let fresh = responses.iter().filter(|r| !is_replayed(r)).count();
+    assert_eq!(fresh, 1, "exactly one response without the replay marker");
+    assert_eq!(db.count("todos").await, 1);
+
+    // 1 000 keys x 3 concurrent copies each (like hedged requests), one copy per replica.
+    let started = Instant::now();
+    let per_key: Vec<Vec<Response<proto::Todo>>> = stream::iter(0..1000)
+        .map(|i| {
+            let channels = channels.clone();
+            async move {
+                let key = format!("hedged-{i}");
+                futures::future::join_all(channels.into_iter().map(|channel| {
+                    let key = key.clone();
+                    async move {
+                        TodoServiceClient::new(channel)
+                            .create_todo(keyed(new_todo(&format!("hedged {i}")), Some(&key)))
+                            .await
+                            .expect("every hedged copy succeeds")
+                    }
+                }))
+                .await
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for copies in &per_key {
+        assert!(copies.iter().all(|r| r.get_ref() == copies[0].get_ref()));
+        assert_eq!(copies.iter().filter(|r| !is_replayed(r)).count(), 1);
+    }
+    let rows = db.count("todos").await;
+    let duplicates = db
+        .scalar("SELECT COUNT(*) FROM (SELECT title FROM todos GROUP BY title HAVING COUNT(*) > 1) AS d")
+        .await;
+    println!(
+        "replicas: 96 same-key calls -> 1 row, {fresh} fresh; 1000 keys x 3 copies -> {} rows \
+         ({} duplicates) in {:?}",
+        rows - 1,
+        duplicates,
+        started.elapsed()
+    );
+    assert_eq!(rows, 1001);
+    assert_eq!(duplicates, 0);
+}
+
+async fn migrate(db: &TestDatabase) {
+    use migration::MigratorTrait;
+    migration::Migrator::up(&db.conn, None)
+        .await
+        .expect("migrations");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. SIGKILL mid-load
+
+async fn survives_sigkill(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let mut server = ServerProcess::start(&db.url, "127.0.0.1:0", &[]).await;
+    let channel = server.channel();
+    let figures = Figures::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let logical = 2000;
+
+    let killer = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut kills = 0;
+            while kills < 5 && !done.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(rand::random_range(150..400))).await;
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                server.kill9().await;
+                kills += 1;
+                tokio::time::sleep(Duration::from_millis(rand::random_range(50..250))).await;
+                server.restart().await;
+            }
+            (server, kills)
+        })
+    };
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let acknowledged = run_load("crash", logical, 16, &[channel], &figures, give_up).await;
+    done.store(true, Ordering::Relaxed);
+    let (mut server, kills) = killer.await.expect("killer task");
+    server.terminate().await;
+
+    let audit = audit(&db, &acknowledged).await;
+    print_figures(
+        &format!("sigkill[{backend:?}] kills={kills}"),
+        logical,
+        &figures,
+        acknowledged.len(),
+        audit,
+    );
+    assert!(kills >= 2, "the server was killed during the load");
+    assert_eq!(
+        acknowledged.len(),
+        logical,
+        "every logical create was retried to success"
+    );
+    assert_eq!(audit.0, logical as i64, "rows == acknowledged keys");
+    assert_eq!(audit.1, 0, "duplicates");
+    assert_eq!(audit.2, 0, "lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_and_duplicates_nothing_on_sqlite() {
+    survives_sigkill(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_and_duplicates_nothing_on_postgres() {
+    survives_sigkill(Backend::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. PostgreSQL restart (a throwaway cluster, so the shared server is not disturbed)
+
+/// A PostgreSQL cluster of the test's own, made with initdb in a temporary directory and run
+/// as the `postgres` user (initdb refuses root).
+struct ThrowawayCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl ThrowawayCluster {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        run_as_postgres(
+            "chown",
+            &["postgres", &dir.path().display().to_string()],
+            true,
+        )
+        .await;
+        let port = free_port().await;
+        let data = dir.path().join("data");
+        run_as_postgres(
+            "initdb",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+            false,
+        )
+        .await;
+        let cluster = Self { dir, port };
+        cluster.pg_ctl_start().await;
+        cluster
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    async fn pg_ctl_start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log");
+        run_as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().display().to_string(),
+                "-o",
+                &options,
+                "-l",
+                &log.display().to_string(),
+                "-w",
+                "start",
+            ],
+            false,
+        )
+        .await;
+    }
+
+    async fn pg_ctl_stop(&self) {
+        run_as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().display().to_string(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+            false,
+        )
+        .await;
+    }
+}
+
+impl Drop for ThrowawayCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", "pg_ctl", "-D"])
+            .arg(self.data())
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+async fn run_as_postgres(program: &str, args: &[&str], as_root: bool) {
+    let mut command = if as_root {
+        Command::new(program)
+    } else {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--", program]);
+        command
+    };
+    let output = command
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|err| panic!("run {program}: {err}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_mid_load_is_unavailable_then_recovers_without_duplicates() {
+    let cluster = ThrowawayCluster::start().await;
+    let mut server = ServerProcess::start(&cluster.url(), "127.0.0.1:0", &[]).await;
+    let channel = server.channel();
+    let figures = Figures::default();
+    let logical = 400;
+
+    let outage = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        cluster.pg_ctl_stop().await;
+        let down = Instant::now();
+        // While the database is down, the same server answers UNAVAILABLE, quickly.
+        let mut client = TodoServiceClient::new(channel.clone());
+        let probe = Instant::now();
+        let status = client
+            .create_todo(keyed(new_todo("probe during outage"), Some("probe-key")))
+            .await
+            .expect_err("no database, no write");
+        let probe_latency = probe.elapsed();
+        tokio::time::sleep(Duration::from_secs(3).saturating_sub(down.elapsed())).await;
+        cluster.pg_ctl_start().await;
+        (status, probe_latency, down.elapsed())
+    };
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let load_channels = [channel.clone()];
+    let (acknowledged, (probe, probe_latency, outage_length)) = tokio::join!(
+        run_load("pgrestart", logical, 8, &load_channels, &figures, give_up),
+        outage
+    );
+    assert_eq!(probe.code(), Code::Unavailable, "{probe:?}");
+    assert!(
+        probe_latency < Duration::from_secs(5),
+        "answered within the deadline"
+    );
+
+    // The same process serves again.
+    let mut client = TodoServiceClient::new(channel);
+    let after = client
+        .create_todo(keyed(new_todo("probe during outage"), Some("probe-key")))
+        .await
+        .expect("served again after the restart");
+    assert!(!is_replayed(&after), "the failed probe stored nothing");
+
+    let db = TestDatabase::attach(Backend::Postgres, &cluster.url()).await;
+    let audit = audit(&db, &acknowledged).await;
+    print_figures(
+        &format!("pg-restart outage={outage_length:?}"),
+        logical,
+        &figures,
+        acknowledged.len(),
+        audit,
+    );
+    let errors = figures.error_codes();
+    assert!(
+        errors.keys().all(|code| *code == Code::Unavailable),
+        "every failure during the outage was UNAVAILABLE: {errors:?}"
+    );
+    assert!(
+        errors.get(&Code::Unavailable).copied().unwrap_or(0) > 0,
+        "the outage was felt"
+    );
+    assert_eq!(acknowledged.len(), logical);
+    assert_eq!(audit.0, logical as i64 + 1);
+    assert_eq!(audit.1, 0, "duplicates");
+    assert_eq!(audit.2, 0, "lost");
+    server.terminate().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Lost responses
+
+/// Forwards TCP to `target`; for each response (an HTTP/2 HEADERS frame from the server on a
+/// stream), with probability `loss`, cuts the connection instead of forwarding it: the request
+/// was processed, its answer never arrives.
+async fn lossy_proxy(target: SocketAddr, loss: f64, cuts: Arc<AtomicU64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((downstream, _)) = listener.accept().await {
+            let cuts = Arc::clone(&cuts);
+            tokio::spawn(async move {
+                let Ok(upstream) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut down_read, mut down_write) = downstream.into_split();
+                let (mut up_read, mut up_write) = upstream.into_split();
+                let requests = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut down_read, &mut up_write).await;
+                });
+                let mut buffer = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                'frames: loop {
+                    let Ok(n) = up_read.read(&mut chunk).await else {
+                        break;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    while buffer.len() >= 9 {
+                        let length = usize::from(buffer[0]) << 16
+                            | usize::from(buffer[1]) << 8
+                            | usize::from(buffer[2]);
+                        if buffer.len() < 9 + length {
+                            break;
+                        }
+                        let frame_type = buffer[3];
+                        let stream =
+                            u32::from_be_bytes([buffer[5], buffer[6], buffer[7], buffer[8]])
+                                & 0x7fff_ffff;
+                        if frame_type == 0x1 && stream != 0 && rand::random_bool(loss) {
+                            cuts.fetch_add(1, Ordering::Relaxed);
+                            break 'frames;
+                        }
+                        if down_write.write_all(&buffer[..9 + length]).await.is_err() {
+                            break 'frames;
+                        }
+                        buffer.drain(..9 + length);
+                    }
+                }
+                requests.abort();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_responses_are_retried_into_exactly_one_row_each() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let mut server = ServerProcess::start(&db.url, "127.0.0.1:0", &[]).await;
+    let cuts = Arc::new(AtomicU64::new(0));
+    let proxy = lossy_proxy(server.addr, 0.2, Arc::clone(&cuts)).await;
+    let figures = Figures::default();
+    let logical = 500;
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let acknowledged = run_load("lossy", logical, 8, &[channel_to(proxy)], &figures, give_up).await;
+    let audit = audit(&db, &acknowledged).await;
+    print_figures(
+        &format!("lost-responses cuts={}", cuts.load(Ordering::Relaxed)),
+        logical,
+        &figures,
+        acknowledged.len(),
+        audit,
+    );
+    assert!(cuts.load(Ordering::Relaxed) > 0, "responses were lost");
+    assert_eq!(acknowledged.len(), logical);
+    assert_eq!(
+        audit.0, logical as i64,
+        "every logical create ends with one row"
+    );
+    assert_eq!(audit.1, 0, "duplicates");
+    assert_eq!(audit.2, 0, "lost");
+    server.terminate().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. SIGTERM mid-load
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_load_finishes_or_refuses_calls_and_loses_nothing() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let mut server = ServerProcess::start(&db.url, "127.0.0.1:0", &[]).await;
+    let channel = server.channel();
+    let figures = Figures::default();
+    let logical = 600;
+    // No retries during this phase: every call is answered by the server being stopped.
+    let give_up = Instant::now();
+    let load_channels = [channel];
+    let (acknowledged, status) = tokio::join!(
+        run_load("sigterm", logical, 16, &load_channels, &figures, give_up),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            server.terminate().await
+        }
+    );
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    let refused = logical - acknowledged.len();
+    let errors = figures.error_codes();
+    // Calls the server did not run fail with UNAVAILABLE; now and then one that was queued on
+    // a connection when it closed is reset by hyper with CANCEL instead (it was not run either:
+    // see the row count below).
+    assert!(
+        errors
+            .keys()
+            .all(|code| matches!(code, Code::Unavailable | Code::Cancelled)),
+        "calls that did not finish failed with UNAVAILABLE: {errors:?}"
+    );
+    let audit_after_stop = audit(&db, &acknowledged).await;
+    assert_eq!(audit_after_stop.2, 0, "no acknowledged write was lost");
+    assert_eq!(
+        audit_after_stop.0,
+        acknowledged.len() as i64,
+        "every call that ran was answered: none ran and lost its answer"
+    );
+
+    // Retrying every refused call (same keys) on a restarted server completes the set.
+    server.restart().await;
+    let retry_figures = Figures::default();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let all = run_load(
+        "sigterm",
+        logical,
+        16,
+        &[server.channel()],
+        &retry_figures,
+        give_up,
+    )
+    .await;
+    for (title, todo) in &acknowledged {
+        assert_eq!(
+            &all[title], todo,
+            "a retried acknowledged call replays its answer"
+        );
+    }
+    let audit = audit(&db, &all).await;
+    print_figures(
+        &format!(
+            "sigterm acknowledged-before-stop={} refused={refused} errors-at-stop={errors:?}",
+            acknowledged.len()
+        ),
+        logical,
+        &figures,
+        all.len(),
+        audit,
+    );
+    assert!(
+        acknowledged.len() > 0,
+        "some calls finished before the stop"
+    );
+    assert_eq!(audit.0, logical as i64);
+    assert_eq!(audit.1, 0, "duplicates");
+    assert_eq!(audit.2, 0, "lost");
+    server.terminate().await;
+}
