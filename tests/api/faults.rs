@@ -628,10 +628,7 @@ async fn lossy_proxy(target: SocketAddr, loss: f64, cuts: Arc<AtomicU64>) -> Soc
                 });
                 let mut buffer = Vec::new();
                 let mut chunk = vec![0u8; 64 * 1024];
-                'frames: loop {
-                    let Ok(n) = up_read.read(&mut chunk).await else {
-                        break;
-                    };
+                'frames: while let Ok(n) = up_read.read(&mut chunk).await {
                     if n == 0 {
                         break;
                     }
@@ -764,7 +761,7 @@ async fn sigterm_mid_load_finishes_or_refuses_calls_and_loses_nothing() {
         audit,
     );
     assert!(
-        acknowledged.len() > 0,
+        !acknowledged.is_empty(),
         "some calls finished before the stop"
     );
     assert_eq!(audit.0, logical as i64);
