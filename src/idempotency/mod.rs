@@ -9,6 +9,14 @@
 //!    response in the row, commit. A concurrent call with the same key blocks on the claim
 //!    until the first commits, then replays it; if the first fails, its transaction rolls back,
 //!    the key stays free, and the waiting call proceeds.
+//!
+//! Work that only inserts new rows (CreateTodo) uses [`ClaimOrder::AfterWork`]: the work runs
+//! first and the claim then stores the response in the same statement, one statement fewer.
+//! Its inserts cannot conflict with a concurrent same-key call's, so the outcome is the same:
+//! the later call blocks on the claim, finds the committed key, rolls its own inserts back and
+//! replays. Work that reads and changes existing rows (UpdateTodo) must claim first, or a
+//! concurrent duplicate would see the first one's write (a changed etag) instead of waiting
+//! for its response.
 
 mod fingerprint;
 mod key;
@@ -57,6 +65,15 @@ impl IdempotentRequest {
     }
 }
 
+/// When the key is claimed relative to the work, in the one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOrder {
+    /// Claim, work, store the response: for work that reads or changes existing rows.
+    BeforeWork,
+    /// Work, then claim with the response: only for work that inserts new rows and nothing else.
+    AfterWork,
+}
+
 /// How a call was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -100,6 +117,7 @@ impl Idempotency {
     pub async fn execute<R, F>(
         &self,
         request: Option<&IdempotentRequest>,
+        order: ClaimOrder,
         work: F,
     ) -> Result<Executed<R>, ServiceError>
     where
@@ -128,10 +146,27 @@ impl Idempotency {
         let mut work = Some(work);
         for _ in 0..CLAIM_ATTEMPTS {
             let txn = self.storage.begin_write().await?;
-            if persistence::claim(&txn, request, now, cutoff).await? {
-                let Some(work) = work.take() else { break };
-                let response = work(&txn).await?;
-                persistence::save_response(&txn, request, response.encode_to_vec()).await?;
+            let claimed = match order {
+                ClaimOrder::BeforeWork => {
+                    if persistence::claim(&txn, request, None, now, cutoff).await? {
+                        let Some(work) = work.take() else { break };
+                        let response = work(&txn).await?;
+                        persistence::save_response(&txn, request, response.encode_to_vec()).await?;
+                        Some(response)
+                    } else {
+                        None
+                    }
+                }
+                ClaimOrder::AfterWork => {
+                    let Some(work) = work.take() else { break };
+                    let response = work(&txn).await?;
+                    let bytes = response.encode_to_vec();
+                    persistence::claim(&txn, request, Some(bytes), now, cutoff)
+                        .await?
+                        .then_some(response)
+                }
+            };
+            if let Some(response) = claimed {
                 txn.commit().await?;
                 return Ok(Executed {
                     response,
@@ -140,7 +175,8 @@ impl Idempotency {
                 });
             }
             // A live row exists: it was committed before our claim returned (the claim waits
-            // for an uncommitted one), so it is visible to the next statement.
+            // for an uncommitted one), so it is visible to the next statement. Whatever this
+            // call wrote rolls back.
             let stored = persistence::find_live(&txn, request, cutoff).await?;
             txn.rollback().await?;
             if let Some(stored) = stored {

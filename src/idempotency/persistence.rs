@@ -59,11 +59,14 @@ pub async fn find_live<C: ConnectionTrait>(
 }
 
 /// Tries to make this call the owner of the key: inserts its row, or takes over a row that
-/// has expired. Returns false when a live row exists. On PostgreSQL, if another transaction
-/// holds an uncommitted claim on the same key, this waits for it to commit or roll back.
+/// has expired. `response` is stored with it when the caller already has it (else it is
+/// written later by [`save_response`], in the same transaction). Returns false when a live row
+/// exists. On PostgreSQL, if another transaction holds an uncommitted claim on the same key,
+/// this waits for it to commit or roll back.
 pub async fn claim(
     txn: &DatabaseTransaction,
     request: &IdempotentRequest,
+    response: Option<Vec<u8>>,
     now: Timestamp,
     cutoff: Timestamp,
 ) -> Result<bool, DbErr> {
@@ -72,7 +75,7 @@ pub async fn claim(
         method: Set(request.method.to_owned()),
         key: Set(request.key.as_str().to_owned()),
         fingerprint: Set(request.fingerprint.as_bytes().to_vec()),
-        response: Set(None),
+        response: Set(response),
         created_at_us: Set(now.unix_micros()),
     };
     let on_conflict = OnConflict::columns([Column::Caller, Column::Method, Column::Key])
