@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
 use todo_service::startup::Application;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -186,15 +185,7 @@ async fn sqlite_locked_by_another_process_is_unavailable_and_recovers() {
     .await;
     let todo = app.create_todo("readable").await;
 
-    let lock = app
-        .db
-        .conn
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Exclusive),
-            ..TransactionOptions::default()
-        })
-        .await
-        .unwrap();
+    let lock = app.db.lock_sqlite_writes().await;
     let key = fresh_key();
     let status = app
         .create(new_todo("blocked"), Some(&key))

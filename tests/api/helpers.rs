@@ -152,6 +152,20 @@ impl TestDatabase {
         row.try_get_by_index::<i64>(0).expect("an integer")
     }
 
+    /// Holds SQLite's write lock (as another process could) until the transaction ends: the
+    /// server's writes then wait for it, its reads do not (WAL).
+    pub async fn lock_sqlite_writes(&self) -> sea_orm::DatabaseTransaction {
+        use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+        assert_eq!(self.backend, Backend::Sqlite);
+        self.conn
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Exclusive),
+                ..TransactionOptions::default()
+            })
+            .await
+            .expect("take SQLite's write lock")
+    }
+
     pub async fn execute(&self, sql: &str) -> u64 {
         self.conn
             .execute_unprepared(sql)

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
 use tempfile::NamedTempFile;
 use todo_service::TodoServiceClient;
 use todo_service::auth::hash_token;
@@ -548,15 +547,7 @@ async fn slow_calls_hit_the_request_timeout_and_write_nothing() {
         config.db_timeout = Duration::from_secs(5);
     })
     .await;
-    let lock = app
-        .db
-        .conn
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Exclusive),
-            ..TransactionOptions::default()
-        })
-        .await
-        .unwrap();
+    let lock = app.db.lock_sqlite_writes().await;
     let key = fresh_key();
     let started = Instant::now();
     let status = app.create(new_todo("slow"), Some(&key)).await.unwrap_err();
@@ -578,15 +569,7 @@ async fn calls_per_connection_are_limited() {
     })
     .await;
     let todo = app.create_todo("readable").await;
-    let lock = app
-        .db
-        .conn
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Exclusive),
-            ..TransactionOptions::default()
-        })
-        .await
-        .unwrap();
+    let lock = app.db.lock_sqlite_writes().await;
     // One slow write occupies the connection's only slot...
     let mut blocked = app.client.clone();
     let slow = tokio::spawn(async move { blocked.create_todo(new_todo("blocked")).await });
