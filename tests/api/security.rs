@@ -565,7 +565,7 @@ async fn slow_calls_hit_the_request_timeout_and_write_nothing() {
 async fn calls_per_connection_are_limited() {
     let app = spawn_app_with(Backend::Sqlite, |config| {
         config.max_concurrent_calls_per_connection = 1;
-        config.db_timeout = Duration::from_secs(3);
+        config.db_timeout = Duration::from_secs(4);
     })
     .await;
     let todo = app.create_todo("readable").await;
