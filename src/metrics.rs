@@ -51,6 +51,11 @@ struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     pool: &'static str,
     state: &'static str,
@@ -66,6 +71,7 @@ pub struct Metrics {
     idempotent_requests: Family<IdempotentLabels, Counter>,
     grpc_requests: Family<GrpcLabels, Counter>,
     grpc_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    rejected_requests: Family<ReasonLabels, Counter>,
     swept_rows: Counter,
     sweeps: Counter,
     sweep_duration: Histogram,
@@ -106,6 +112,12 @@ impl Metrics {
             "TodoService call latency in seconds, by method",
             grpc_latency.clone(),
         );
+        let rejected_requests = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "todo_rejected_requests",
+            "TodoService calls refused before they ran, by reason (unauthenticated, metadata_too_large)",
+            rejected_requests.clone(),
+        );
         let swept_rows = Counter::default();
         registry.register(
             "todo_idempotency_keys_swept",
@@ -135,6 +147,7 @@ impl Metrics {
             idempotent_requests,
             grpc_requests,
             grpc_latency,
+            rejected_requests,
             swept_rows,
             sweeps,
             sweep_duration,
@@ -160,6 +173,13 @@ impl Metrics {
                 method,
                 outcome: outcome.as_str(),
             })
+            .inc();
+    }
+
+    /// A call the request guard refused before any handler ran.
+    pub fn record_rejected(&self, reason: &'static str) {
+        self.rejected_requests
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
@@ -228,6 +248,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.record_idempotent("CreateTodo", IdempotentOutcome::Replayed);
         metrics.record_rpc("CreateTodo", tonic::Code::Ok, Duration::from_millis(3));
+        metrics.record_rejected("unauthenticated");
         metrics.record_sweep(
             SweepReport {
                 rows_deleted: 7,
@@ -243,6 +264,7 @@ mod tests {
         assert!(text.contains("todo_grpc_requests_total{method=\"CreateTodo\",code=\"OK\"} 1"));
         assert!(text.contains("todo_grpc_request_duration_seconds_count{method=\"CreateTodo\"} 1"));
         assert!(text.contains("todo_idempotency_keys_swept_total 7"));
+        assert!(text.contains("todo_rejected_requests_total{reason=\"unauthenticated\"} 1"));
         assert!(text.contains("todo_idempotency_sweeps_total 1"));
     }
 

@@ -234,7 +234,11 @@ impl Application {
         }
         let todo_service = tonic::service::interceptor::InterceptedService::new(
             TodoServiceServer::new(self.api).max_decoding_message_size(limits.max_request_bytes),
-            RequestGuard::new(limits.tokens, limits.max_metadata_bytes),
+            RequestGuard::new(
+                limits.tokens,
+                limits.max_metadata_bytes,
+                Arc::clone(&self.metrics),
+            ),
         );
         let header_list_limit = u32::try_from(limits.max_metadata_bytes.saturating_mul(2))
             .unwrap_or(u32::MAX)

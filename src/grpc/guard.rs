@@ -9,19 +9,26 @@ use tonic::{Request, Status};
 use crate::auth::{AuthError, CallerTokens};
 use crate::domain::Caller;
 use crate::error::ServiceError;
+use crate::metrics::Metrics;
 
 /// The TodoService interceptor.
 #[derive(Debug, Clone)]
 pub struct RequestGuard {
     tokens: Arc<CallerTokens>,
     max_metadata_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl RequestGuard {
-    pub fn new(tokens: Arc<CallerTokens>, max_metadata_bytes: usize) -> Self {
+    pub fn new(
+        tokens: Arc<CallerTokens>,
+        max_metadata_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             tokens,
             max_metadata_bytes,
+            metrics,
         }
     }
 }
@@ -39,6 +46,7 @@ impl Interceptor for RequestGuard {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let size = metadata_bytes(&request);
         if size > self.max_metadata_bytes {
+            self.metrics.record_rejected("metadata_too_large");
             return Err(ServiceError::ResourceExhausted(format!(
                 "request metadata is {size} bytes; the limit is {}",
                 self.max_metadata_bytes
@@ -56,6 +64,7 @@ impl Interceptor for RequestGuard {
                 AuthError::Unknown => "unknown token",
             };
             tracing::info!(reason = why, "unauthenticated call refused");
+            self.metrics.record_rejected("unauthenticated");
             Status::from(ServiceError::Unauthenticated(why))
         })?;
         request.extensions_mut().insert(caller);
@@ -78,7 +87,11 @@ mod tests {
     use crate::auth::hash_token;
 
     fn guard(tokens: &str) -> RequestGuard {
-        RequestGuard::new(Arc::new(CallerTokens::parse(tokens).unwrap()), 1024)
+        RequestGuard::new(
+            Arc::new(CallerTokens::parse(tokens).unwrap()),
+            1024,
+            Arc::new(Metrics::new()),
+        )
     }
 
     #[test]

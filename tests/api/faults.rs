@@ -356,7 +356,7 @@ async fn survives_sigkill(backend: Backend) {
     let channel = server.channel();
     let figures = Figures::default();
     let done = Arc::new(AtomicBool::new(false));
-    let logical = 2000;
+    let logical = 3000;
 
     let killer = {
         let done = Arc::clone(&done);
@@ -542,10 +542,10 @@ async fn postgres_restart_mid_load_is_unavailable_then_recovers_without_duplicat
     let mut server = ServerProcess::start(&cluster.url(), "127.0.0.1:0", &[]).await;
     let channel = server.channel();
     let figures = Figures::default();
-    let logical = 400;
+    let outage_over = AtomicBool::new(false);
 
     let outage = async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         cluster.pg_ctl_stop().await;
         let down = Instant::now();
         // While the database is down, the same server answers UNAVAILABLE, quickly.
@@ -558,14 +558,28 @@ async fn postgres_restart_mid_load_is_unavailable_then_recovers_without_duplicat
         let probe_latency = probe.elapsed();
         tokio::time::sleep(Duration::from_secs(3).saturating_sub(down.elapsed())).await;
         cluster.pg_ctl_start().await;
+        outage_over.store(true, Ordering::Relaxed);
         (status, probe_latency, down.elapsed())
     };
+    // Batches of creates until a batch has started after the database came back.
     let give_up = Instant::now() + Duration::from_secs(120);
     let load_channels = [channel.clone()];
-    let (acknowledged, (probe, probe_latency, outage_length)) = tokio::join!(
-        run_load("pgrestart", logical, 8, &load_channels, &figures, give_up),
-        outage
-    );
+    let load = async {
+        let mut acknowledged = HashMap::new();
+        let mut logical = 0;
+        for batch in 0.. {
+            let last = outage_over.load(Ordering::Relaxed);
+            let prefix = format!("pgrestart{batch}");
+            acknowledged.extend(run_load(&prefix, 50, 8, &load_channels, &figures, give_up).await);
+            logical += 50;
+            if last {
+                break;
+            }
+        }
+        (acknowledged, logical)
+    };
+    let ((acknowledged, logical), (probe, probe_latency, outage_length)) =
+        tokio::join!(load, outage);
     assert_eq!(probe.code(), Code::Unavailable, "{probe:?}");
     assert!(
         probe_latency < Duration::from_secs(5),
@@ -598,8 +612,11 @@ async fn postgres_restart_mid_load_is_unavailable_then_recovers_without_duplicat
         errors.get(&Code::Unavailable).copied().unwrap_or(0) > 0,
         "the outage was felt"
     );
-    assert_eq!(acknowledged.len(), logical);
-    assert_eq!(audit.0, logical as i64 + 1);
+    assert_eq!(
+        audit.0,
+        logical as i64 + 1,
+        "one row per logical create, plus the probe"
+    );
     assert_eq!(audit.1, 0, "duplicates");
     assert_eq!(audit.2, 0, "lost");
     server.terminate().await;
@@ -699,7 +716,7 @@ async fn sigterm_mid_load_finishes_or_refuses_calls_and_loses_nothing() {
     let mut server = ServerProcess::start(&db.url, "127.0.0.1:0", &[]).await;
     let channel = server.channel();
     let figures = Figures::default();
-    let logical = 600;
+    let logical = 2000;
     // No retries during this phase: every call is answered by the server being stopped.
     let give_up = Instant::now();
     let load_channels = [channel];

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use todo_service::idempotency::{SweepSettings, sweep_expired};
 use todo_service::storage::{DatabaseSettings, Storage};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 
 use crate::both_backends;
 use crate::helpers::{
-    Backend, TestApp, TestDatabase, fresh_key, is_replayed, new_todo, spawn_app, spawn_app_with,
+    Backend, TestDatabase, fresh_key, is_replayed, metric_value, new_todo, scrape, spawn_app,
+    spawn_app_with,
 };
 
 both_backends!(
@@ -172,32 +172,6 @@ async fn sweep_command_runs_one_sweep_and_exits(backend: Backend) {
 async fn migration_up(db: &TestDatabase) {
     use migration::MigratorTrait;
     migration::Migrator::up(&db.conn, None).await.unwrap();
-}
-
-/// GET /metrics over plain HTTP/1.1.
-async fn scrape(app: &TestApp) -> String {
-    let addr = app.metrics_addr.expect("metrics are on in tests");
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
-}
-
-/// The value of the sample whose name and labels are exactly `series` (0 if absent).
-fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
 }
 
 async fn metrics_endpoint_counts_real_calls(backend: Backend) {

@@ -19,8 +19,8 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::both_backends;
 use crate::helpers::{
-    Backend, TestApp, TestDatabase, assert_invalid_field, fresh_key, is_replayed, new_todo,
-    replace, spawn_app_with, test_config,
+    Backend, TestApp, TestDatabase, assert_invalid_field, fresh_key, is_replayed, metric_value,
+    new_todo, replace, scrape, spawn_app_with, test_config,
 };
 
 both_backends!(
@@ -189,6 +189,15 @@ async fn unauthenticated_calls_are_refused_and_consume_nothing(backend: Backend)
 
     assert_eq!(app.todo_count().await, 1);
     assert_eq!(app.key_count().await, 0, "no key consumed");
+    let metrics = scrape(&app).await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "todo_rejected_requests_total{reason=\"unauthenticated\"}"
+        ),
+        21.0,
+        "4 bad credentials x 5 RPCs + 1, counted: {metrics}"
+    );
     assert_eq!(get_as(&app, ALICE, &target.id).await.unwrap(), target);
     let fresh = create_as(&app, ALICE, "never", Some(&key)).await.unwrap();
     assert!(!is_replayed(&fresh), "the key is still free");
@@ -538,6 +547,14 @@ async fn oversized_metadata_is_resource_exhausted() {
     let status = app.client.clone().create_todo(request).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(app.todo_count().await, 0);
+    let metrics = scrape(&app).await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "todo_rejected_requests_total{reason=\"metadata_too_large\"}"
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
