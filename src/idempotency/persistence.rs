@@ -5,7 +5,7 @@
 use sea_orm::ActiveValue::Set;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{DatabaseTransaction, TryInsertResult};
+use sea_orm::{DatabaseTransaction, QuerySelect, TryInsertResult};
 
 use super::{IdempotentRequest, RequestFingerprint};
 use crate::domain::Timestamp;
@@ -44,17 +44,20 @@ pub async fn find_live<C: ConnectionTrait>(
     request: &IdempotentRequest,
     cutoff: Timestamp,
 ) -> Result<Option<StoredKey>, DbErr> {
-    let row = Entity::find_by_id((
+    let row: Option<(Vec<u8>, Option<Vec<u8>>)> = Entity::find_by_id((
         request.caller.as_str().to_owned(),
         request.method.to_owned(),
         request.key.as_str().to_owned(),
     ))
+    .select_only()
+    .columns([Column::Fingerprint, Column::Response])
     .filter(Column::CreatedAtUs.gte(cutoff.unix_micros()))
+    .into_tuple()
     .one(db)
     .await?;
-    Ok(row.map(|row| StoredKey {
-        fingerprint: RequestFingerprint::from_slice(&row.fingerprint),
-        response: row.response,
+    Ok(row.map(|(fingerprint, response)| StoredKey {
+        fingerprint: RequestFingerprint::from_slice(&fingerprint),
+        response,
     }))
 }
 
