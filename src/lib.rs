@@ -13,6 +13,7 @@
 //! - [`config`]: the clap `Config` (`--help` is the reference).
 //! - [`auth`]: callers and their bearer tokens (the tokens file).
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
+//! - [`ticker`]: the schedule of background tasks (health checks, key sweeper).
 //! - [`metrics`]: Prometheus registry and `/metrics` rendering.
 //! - [`grpc`]: the transport. Handlers read metadata, convert proto <-> domain (parsing all
 //!   input into domain types), call the use cases, and map errors to statuses.
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+pub mod ticker;
 pub mod todos;
 
 /// The generated `todo.v1` protobuf messages, client and server.

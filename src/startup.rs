@@ -24,6 +24,7 @@ use crate::idempotency::{Idempotency, SweepReport, SweepSettings, run_sweeper, s
 use crate::metrics::Metrics;
 use crate::proto::{self, todo_service_server::TodoServiceServer};
 use crate::storage::Storage;
+use crate::ticker::Ticker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -291,13 +292,8 @@ async fn report_health(
 ) {
     let name = <TodoServiceServer<TodoApi> as NamedService>::NAME;
     let mut last = None;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        }
+    let mut ticker = Ticker::new(interval);
+    while ticker.tick_unless_stopped(&mut stop).await {
         let status = match storage.ping().await {
             Ok(()) => ServingStatus::Serving,
             Err(err) => {

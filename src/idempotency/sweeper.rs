@@ -12,6 +12,7 @@ use super::persistence::{Column, Entity};
 use crate::domain::Timestamp;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
+use crate::ticker::Ticker;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SweepSettings {
@@ -80,13 +81,8 @@ pub async fn run_sweeper(
     metrics: std::sync::Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        }
+    let mut ticker = Ticker::new(interval);
+    while ticker.tick_unless_stopped(&mut stop).await {
         let started = Instant::now();
         let result = tokio::select! {
             result = sweep_expired(&storage, settings) => result,

@@ -152,6 +152,17 @@ fn retryable(code: Code) -> bool {
     )
 }
 
+/// The status code a client should act on. tonic's client reports a call that the server
+/// refused with a graceful GOAWAY (NO_ERROR: the stream was never processed) as INTERNAL "h2
+/// protocol error"; gRPC's other clients report it as UNAVAILABLE, which is what it means.
+fn code_of(status: &tonic::Status) -> Code {
+    if status.code() == Code::Internal && format!("{status:?}").contains("GoAway(") {
+        Code::Unavailable
+    } else {
+        status.code()
+    }
+}
+
 /// One logical create: retried with the same key until acknowledged or `give_up` passes.
 async fn create_with_retries(
     channel: Channel,
@@ -169,8 +180,8 @@ async fn create_with_retries(
             .await
         {
             Ok(response) => return Some(response),
-            Err(status) if retryable(status.code()) => {
-                figures.error(status.code());
+            Err(status) if retryable(code_of(&status)) => {
+                figures.error(code_of(&status));
                 if Instant::now() > give_up {
                     return None;
                 }
