@@ -182,10 +182,6 @@ impl Application {
         self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
-    pub fn storage(&self) -> &Storage {
-        &self.storage
-    }
-
     /// Serves until `shutdown` completes, then stops accepting calls, waits for the calls in
     /// flight to finish, and stops the background tasks.
     pub async fn run_until_stopped(

@@ -7,4 +7,4 @@ pub mod limits;
 pub mod metadata;
 mod service;
 
-pub use service::{CREATE_TODO, DELETE_TODO, GET_TODO, LIST_TODOS, Rpc, TodoApi, UPDATE_TODO};
+pub use service::TodoApi;

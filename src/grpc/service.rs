@@ -22,31 +22,26 @@ use crate::todos;
 
 /// One RPC: its short name (for logs and metrics) and its full path (the idempotency scope).
 #[derive(Debug, Clone, Copy)]
-pub struct Rpc {
-    pub name: &'static str,
-    pub path: &'static str,
+struct Rpc {
+    name: &'static str,
+    path: &'static str,
 }
 
-pub const CREATE_TODO: Rpc = Rpc {
-    name: "CreateTodo",
-    path: "/todo.v1.TodoService/CreateTodo",
-};
-pub const GET_TODO: Rpc = Rpc {
-    name: "GetTodo",
-    path: "/todo.v1.TodoService/GetTodo",
-};
-pub const LIST_TODOS: Rpc = Rpc {
-    name: "ListTodos",
-    path: "/todo.v1.TodoService/ListTodos",
-};
-pub const UPDATE_TODO: Rpc = Rpc {
-    name: "UpdateTodo",
-    path: "/todo.v1.TodoService/UpdateTodo",
-};
-pub const DELETE_TODO: Rpc = Rpc {
-    name: "DeleteTodo",
-    path: "/todo.v1.TodoService/DeleteTodo",
-};
+/// An [`Rpc`] of TodoService by its method name; the path is derived from it.
+macro_rules! rpc {
+    ($name:literal) => {
+        Rpc {
+            name: $name,
+            path: concat!("/todo.v1.TodoService/", $name),
+        }
+    };
+}
+
+const CREATE_TODO: Rpc = rpc!("CreateTodo");
+const GET_TODO: Rpc = rpc!("GetTodo");
+const LIST_TODOS: Rpc = rpc!("ListTodos");
+const UPDATE_TODO: Rpc = rpc!("UpdateTodo");
+const DELETE_TODO: Rpc = rpc!("DeleteTodo");
 
 /// The gRPC face of the service.
 #[derive(Debug, Clone)]
@@ -82,13 +77,13 @@ impl TodoApi {
     async fn observe<R>(
         &self,
         rpc: Rpc,
-        request_metadata: &MetadataMap,
+        request_id: String,
         call: impl Future<Output = Result<Executed<R>, ServiceError>>,
     ) -> Result<Response<R>, Status> {
         let span = tracing::info_span!(
             "rpc",
             method = rpc.name,
-            request_id = %metadata::request_id(request_metadata),
+            request_id = %request_id,
             key_hash = field::Empty,
             outcome = field::Empty,
             code = field::Empty,
@@ -173,8 +168,8 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::CreateTodoRequest>,
     ) -> Result<Response<proto::Todo>, Status> {
-        let request_metadata = request.metadata().clone();
-        self.observe(CREATE_TODO, &request_metadata, async {
+        let request_id = metadata::request_id(request.metadata());
+        self.observe(CREATE_TODO, request_id, async {
             let key = idempotency_key(request.metadata())?;
             let caller = guard::caller(&request)?;
             let message = request.into_inner();
@@ -198,7 +193,7 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::GetTodoRequest>,
     ) -> Result<Response<proto::Todo>, Status> {
-        self.observe(GET_TODO, request.metadata(), async {
+        self.observe(GET_TODO, metadata::request_id(request.metadata()), async {
             let caller = guard::caller(&request)?;
             let id = convert::todo_id("id", &request.get_ref().id)?;
             let todo = todos::get(&self.storage, &caller, id).await?;
@@ -211,15 +206,19 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::ListTodosRequest>,
     ) -> Result<Response<proto::ListTodosResponse>, Status> {
-        self.observe(LIST_TODOS, request.metadata(), async {
-            let caller = guard::caller(&request)?;
-            let query = convert::list_query(request.get_ref(), &self.page_token_key, &caller)?;
-            let page = todos::list(&self.storage, &caller, &self.page_token_key, query).await?;
-            Ok(fresh(proto::ListTodosResponse {
-                todos: page.todos.iter().map(convert::todo).collect(),
-                next_page_token: page.next_page_token.unwrap_or_default(),
-            }))
-        })
+        self.observe(
+            LIST_TODOS,
+            metadata::request_id(request.metadata()),
+            async {
+                let caller = guard::caller(&request)?;
+                let query = convert::list_query(request.get_ref(), &self.page_token_key, &caller)?;
+                let page = todos::list(&self.storage, &caller, &self.page_token_key, query).await?;
+                Ok(fresh(proto::ListTodosResponse {
+                    todos: page.todos.iter().map(convert::todo).collect(),
+                    next_page_token: page.next_page_token.unwrap_or_default(),
+                }))
+            },
+        )
         .await
     }
 
@@ -227,8 +226,8 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::UpdateTodoRequest>,
     ) -> Result<Response<proto::Todo>, Status> {
-        let request_metadata = request.metadata().clone();
-        self.observe(UPDATE_TODO, &request_metadata, async {
+        let request_id = metadata::request_id(request.metadata());
+        self.observe(UPDATE_TODO, request_id, async {
             let key = idempotency_key(request.metadata())?;
             let caller = guard::caller(&request)?;
             let message = request.into_inner();
@@ -251,14 +250,18 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::DeleteTodoRequest>,
     ) -> Result<Response<()>, Status> {
-        self.observe(DELETE_TODO, request.metadata(), async {
-            // DeleteTodo is idempotent by nature; a key is checked for form but not stored.
-            idempotency_key(request.metadata())?;
-            let caller = guard::caller(&request)?;
-            let delete = convert::delete_todo(request.get_ref())?;
-            todos::delete(&self.storage, &caller, delete).await?;
-            Ok(fresh(()))
-        })
+        self.observe(
+            DELETE_TODO,
+            metadata::request_id(request.metadata()),
+            async {
+                // DeleteTodo is idempotent by nature; a key is checked for form but not stored.
+                idempotency_key(request.metadata())?;
+                let caller = guard::caller(&request)?;
+                let delete = convert::delete_todo(request.get_ref())?;
+                todos::delete(&self.storage, &caller, delete).await?;
+                Ok(fresh(()))
+            },
+        )
         .await
     }
 }

@@ -34,8 +34,7 @@ impl IdempotencyKey {
     /// A short hash of the key, to correlate log lines without logging the key itself.
     pub fn log_hash(&self) -> String {
         use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(self.0.as_bytes());
-        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(&Sha256::digest(self.0.as_bytes())[..6])
     }
 }
 

@@ -108,10 +108,6 @@ impl Idempotency {
         Self { storage, retention }
     }
 
-    pub fn retention(&self) -> Duration {
-        self.retention
-    }
-
     /// Runs `work` in a write transaction and returns its response. With a key, at most once:
     /// see the module docs. An error from `work` rolls the transaction back, which frees the key.
     pub async fn execute<R, F>(
