@@ -3,12 +3,14 @@
 //! use case acts for one caller and sees only that caller's todos: another caller's todo is
 //! NOT_FOUND (never PERMISSION_DENIED, which would reveal that it exists).
 
+use prost::Message;
 use sea_orm::DatabaseTransaction;
 
 use crate::domain::{
     Caller, ListQuery, NewTodo, PageToken, PageTokenKey, Timestamp, Todo, TodoId, TodoPatch,
 };
 use crate::error::ServiceError;
+use crate::idempotency::{Executed, Idempotency, IdempotentRequest};
 use crate::storage::{self, Storage};
 
 /// UpdateTodo, parsed.
@@ -35,14 +37,19 @@ pub struct TodoPage {
     pub next_page_token: Option<String>,
 }
 
-pub async fn create(
-    txn: &DatabaseTransaction,
+/// Creates the todo and answers with `respond(&todo)`; with a key, at most once (a replay
+/// answers with the response stored by the call that created it).
+pub async fn create<R: Message + Default + 'static>(
+    idempotency: &Idempotency,
+    request: Option<&IdempotentRequest>,
     caller: &Caller,
     new: NewTodo,
-) -> Result<Todo, ServiceError> {
+    respond: impl FnOnce(&Todo) -> R,
+) -> Result<Executed<R>, ServiceError> {
     let todo = Todo::create(new, Timestamp::now());
-    storage::insert_todo(txn, caller, &todo).await?;
-    Ok(todo)
+    idempotency
+        .execute_insert(request, storage::todo_row(caller, &todo), respond(&todo))
+        .await
 }
 
 pub async fn get(storage: &Storage, caller: &Caller, id: TodoId) -> Result<Todo, ServiceError> {

@@ -12,9 +12,7 @@ use tracing::{Instrument, field};
 use super::{convert, guard, metadata};
 use crate::domain::PageTokenKey;
 use crate::error::ServiceError;
-use crate::idempotency::{
-    ClaimOrder, Executed, Idempotency, IdempotencyKey, IdempotentRequest, Outcome,
-};
+use crate::idempotency::{Executed, Idempotency, IdempotencyKey, IdempotentRequest, Outcome};
 use crate::metrics::{IdempotentOutcome, Metrics, code_name};
 use crate::proto::{self, todo_service_server::TodoService};
 use crate::storage::Storage;
@@ -176,15 +174,14 @@ impl TodoService for TodoApi {
             let new_todo = convert::new_todo(&message)?;
             let keyed = key
                 .map(|key| IdempotentRequest::new(caller.clone(), CREATE_TODO.path, key, &message));
-            // A create only inserts a new row: claim the key after it, with the response.
-            self.idempotency
-                .execute(keyed.as_ref(), ClaimOrder::AfterWork, |txn| {
-                    Box::pin(async move {
-                        let todo = todos::create(txn, &caller, new_todo).await?;
-                        Ok(convert::todo(&todo))
-                    })
-                })
-                .await
+            todos::create(
+                &self.idempotency,
+                keyed.as_ref(),
+                &caller,
+                new_todo,
+                convert::todo,
+            )
+            .await
         })
         .await
     }
@@ -235,7 +232,7 @@ impl TodoService for TodoApi {
             let keyed = key
                 .map(|key| IdempotentRequest::new(caller.clone(), UPDATE_TODO.path, key, &message));
             self.idempotency
-                .execute(keyed.as_ref(), ClaimOrder::BeforeWork, |txn| {
+                .execute(keyed.as_ref(), |txn| {
                     Box::pin(async move {
                         let todo = todos::update(txn, &caller, update).await?;
                         Ok(convert::todo(&todo))

@@ -10,13 +10,16 @@
 //!    until the first commits, then replays it; if the first fails, its transaction rolls back,
 //!    the key stays free, and the waiting call proceeds.
 //!
-//! Work that only inserts new rows (CreateTodo) uses [`ClaimOrder::AfterWork`]: the work runs
-//! first and the claim then stores the response in the same statement, one statement fewer.
-//! Its inserts cannot conflict with a concurrent same-key call's, so the outcome is the same:
-//! the later call blocks on the claim, finds the committed key, rolls its own inserts back and
-//! replays. Work that reads and changes existing rows (UpdateTodo) must claim first, or a
-//! concurrent duplicate would see the first one's write (a changed etag) instead of waiting
-//! for its response.
+//! Work that is one new row and nothing else (CreateTodo) goes through
+//! [`Idempotency::execute_insert`] instead, which knows the response before it writes. On
+//! PostgreSQL the lookup, the claim with the response and the row's insert are ONE statement
+//! (one round trip, one implicit transaction; the row is inserted only if the claim
+//! succeeded), for a fresh call and a replay alike. On SQLite (no data-modifying CTEs) the
+//! row is inserted first and the key then claimed with the response, in one transaction: the
+//! insert cannot conflict with a concurrent same-key call's, so the later call still blocks
+//! on the claim, finds the committed key, rolls its own insert back and replays. Work that
+//! reads and changes existing rows (UpdateTodo) must claim first, or a concurrent duplicate
+//! would see the first one's write (a changed etag) instead of waiting for its response.
 
 mod fingerprint;
 mod key;
@@ -36,7 +39,9 @@ pub use sweeper::{SweepReport, SweepSettings, run_sweeper, sweep_expired};
 
 use crate::domain::{Caller, Timestamp};
 use crate::error::ServiceError;
-use crate::storage::Storage;
+use crate::storage::{NewRow, Storage};
+use persistence::ClaimWithInsert;
+use sea_orm::{ConnectionTrait, DbBackend};
 
 /// A write call that carries an idempotency key: its scope (caller, method, key) and what the
 /// request was.
@@ -67,7 +72,7 @@ impl IdempotentRequest {
 
 /// When the key is claimed relative to the work, in the one transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimOrder {
+enum ClaimOrder {
     /// Claim, work, store the response: for work that reads or changes existing rows.
     BeforeWork,
     /// Work, then claim with the response: only for work that inserts new rows and nothing else.
@@ -99,7 +104,8 @@ pub struct Idempotency {
     retention: Duration,
 }
 
-/// How many times a call retries the claim when the row it lost to disappears before it can
+/// How many times a call tries to claim the key: again when it lost the claim to a concurrent
+/// call (it then reads that call's row), or when the row it lost to disappeared before it could
 /// read it (expiry at that very moment); any more is an internal error.
 const CLAIM_ATTEMPTS: usize = 3;
 
@@ -109,8 +115,88 @@ impl Idempotency {
     }
 
     /// Runs `work` in a write transaction and returns its response. With a key, at most once:
-    /// see the module docs. An error from `work` rolls the transaction back, which frees the key.
+    /// the key is claimed before the work runs (see the module docs). An error from `work`
+    /// rolls the transaction back, which frees the key.
     pub async fn execute<R, F>(
+        &self,
+        request: Option<&IdempotentRequest>,
+        work: F,
+    ) -> Result<Executed<R>, ServiceError>
+    where
+        R: Message + Default,
+        F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<R, ServiceError>>,
+    {
+        self.run(request, ClaimOrder::BeforeWork, work).await
+    }
+
+    /// Inserts `row` and returns `response`, the call's response once the row exists. With a
+    /// key, at most once, and a replay returns the response stored by the call that inserted
+    /// (see the module docs). Without a key: the insert alone, one statement.
+    pub async fn execute_insert<R>(
+        &self,
+        request: Option<&IdempotentRequest>,
+        row: NewRow,
+        response: R,
+    ) -> Result<Executed<R>, ServiceError>
+    where
+        R: Message + Default + 'static,
+    {
+        let backend = self.storage.backend();
+        let Some(request) = request else {
+            self.storage
+                .writer()
+                .execute_raw(row.insert_statement(backend))
+                .await?;
+            return Ok(Executed {
+                response,
+                outcome: Outcome::Fresh,
+                keyed: false,
+            });
+        };
+        if backend != DbBackend::Postgres {
+            return self
+                .run(Some(request), ClaimOrder::AfterWork, move |txn| {
+                    Box::pin(async move {
+                        txn.execute_raw(row.insert_statement(backend)).await?;
+                        Ok(response)
+                    })
+                })
+                .await;
+        }
+
+        let now = Timestamp::now();
+        let cutoff = now.minus(self.retention);
+        let bytes = response.encode_to_vec();
+        for _ in 0..CLAIM_ATTEMPTS {
+            let db = self.storage.writer();
+            let attempt = persistence::claim_with_insert(
+                db,
+                request,
+                bytes.clone(),
+                row.clone(),
+                now,
+                cutoff,
+            );
+            match attempt.await? {
+                ClaimWithInsert::Claimed => {
+                    return Ok(Executed {
+                        response,
+                        outcome: Outcome::Fresh,
+                        keyed: true,
+                    });
+                }
+                ClaimWithInsert::Stored(stored) => return replay(stored, request),
+                // Committed after this statement's snapshot: the next one finds it.
+                ClaimWithInsert::Lost => continue,
+            }
+        }
+        Err(ServiceError::Internal(format!(
+            "idempotency key for {} could be neither claimed nor read",
+            request.method
+        )))
+    }
+
+    async fn run<R, F>(
         &self,
         request: Option<&IdempotentRequest>,
         order: ClaimOrder,

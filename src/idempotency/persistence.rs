@@ -5,10 +5,11 @@
 use sea_orm::ActiveValue::Set;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{DatabaseTransaction, QuerySelect, TryInsertResult};
+use sea_orm::{DatabaseTransaction, DbBackend, QuerySelect, Statement, TryInsertResult};
 
 use super::{IdempotentRequest, RequestFingerprint};
 use crate::domain::Timestamp;
+use crate::storage::NewRow;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "idempotency_keys")]
@@ -111,4 +112,84 @@ pub async fn save_response(
     } else {
         Err(DbErr::RecordNotUpdated)
     }
+}
+
+/// What [`claim_with_insert`] found.
+pub enum ClaimWithInsert {
+    /// The key is this call's and the row is inserted; both commit together.
+    Claimed,
+    /// A live key was already committed when the statement started: nothing was written.
+    Stored(StoredKey),
+    /// A concurrent call with the same key committed it while this statement waited for its
+    /// claim: nothing was written; the next statement sees the key.
+    Lost,
+}
+
+/// PostgreSQL only: the lookup, the claim (with the response) and the work's one row insert
+/// in ONE statement, so one round trip and one implicit transaction for a fresh call and for
+/// a replay alike. The row is inserted only if the claim succeeded; a live row committed
+/// before the statement began is returned instead; one committed by a concurrent call while
+/// the claim waited for it is neither (see [`ClaimWithInsert::Lost`]).
+pub async fn claim_with_insert<C: ConnectionTrait>(
+    db: &C,
+    request: &IdempotentRequest,
+    response: Vec<u8>,
+    row: NewRow,
+    now: Timestamp,
+    cutoff: Timestamp,
+) -> Result<ClaimWithInsert, DbErr> {
+    let sql = claim_with_insert_sql(&row);
+    let mut values: Vec<Value> = vec![
+        request.caller.as_str().into(),
+        request.method.into(),
+        request.key.as_str().into(),
+        cutoff.unix_micros().into(),
+        request.fingerprint.as_bytes().to_vec().into(),
+        response.into(),
+        now.unix_micros().into(),
+    ];
+    values.extend(row.into_values());
+    let statement = Statement::from_sql_and_values(DbBackend::Postgres, sql, values);
+    let result = db
+        .query_one_raw(statement)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("the claim statement returned no row".into()))?;
+    if result.try_get::<bool>("", "claimed")? {
+        return Ok(ClaimWithInsert::Claimed);
+    }
+    let fingerprint: Option<Vec<u8>> = result.try_get("", "fingerprint")?;
+    let response: Option<Vec<u8>> = result.try_get("", "response")?;
+    Ok(match fingerprint {
+        Some(fingerprint) => ClaimWithInsert::Stored(StoredKey {
+            fingerprint: RequestFingerprint::from_slice(&fingerprint),
+            response,
+        }),
+        None => ClaimWithInsert::Lost,
+    })
+}
+
+/// The statement of [`claim_with_insert`]: $1-$3 the key's scope, $4 the cutoff, $5-$7 the
+/// new key row's fingerprint, response and time, $8... the work's row. (`bench/keyed-create.sql`
+/// runs this statement in pgbench.)
+fn claim_with_insert_sql(row: &NewRow) -> String {
+    format!(
+        "WITH existing AS (\
+            SELECT fingerprint, response FROM idempotency_keys \
+            WHERE caller = $1 AND method = $2 AND key = $3 AND created_at_us >= $4\
+        ), claim AS (\
+            INSERT INTO idempotency_keys (caller, method, key, fingerprint, response, created_at_us) \
+            SELECT $1, $2, $3, $5, $6, $7 WHERE NOT EXISTS (SELECT 1 FROM existing) \
+            ON CONFLICT (caller, method, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+            response = excluded.response, created_at_us = excluded.created_at_us \
+            WHERE idempotency_keys.created_at_us < $4 \
+            RETURNING 1\
+        ), work AS (\
+            INSERT INTO \"{table}\" ({columns}) SELECT {params} WHERE EXISTS (SELECT 1 FROM claim)\
+        ) \
+        SELECT EXISTS (SELECT 1 FROM claim) AS claimed, existing.fingerprint, existing.response \
+        FROM (SELECT 1) AS one LEFT JOIN existing ON true",
+        table = row.table(),
+        columns = row.column_list(),
+        params = row.numbered_placeholders(8),
+    )
 }

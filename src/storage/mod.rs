@@ -2,6 +2,7 @@
 //! SQLite (embedded default) or PostgreSQL (production, shared by replicas).
 
 mod errors;
+mod new_row;
 mod settings;
 mod todo_entity;
 mod todos;
@@ -16,9 +17,8 @@ use sea_orm::{
 };
 
 pub use errors::is_unavailable;
-pub use todos::{
-    delete_todo, find_todo, find_todo_for_update, insert_todo, list_todos, update_todo,
-};
+pub use new_row::NewRow;
+pub use todos::{delete_todo, find_todo, find_todo_for_update, list_todos, todo_row, update_todo};
 
 use crate::domain::PageTokenKey;
 

@@ -3,10 +3,11 @@
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr,
+    EntityName, EntityTrait, IdenStatic, Iterable, QueryFilter, QueryOrder, QuerySelect,
 };
 
+use super::NewRow;
 use super::todo_entity::{ActiveModel, Column, Entity, Model};
 use crate::domain::{Caller, ListQuery, Timestamp, Todo, TodoDescription, TodoId, TodoTitle};
 
@@ -39,15 +40,19 @@ fn to_active_model(owner: &Caller, todo: &Todo) -> ActiveModel {
     }
 }
 
-pub async fn insert_todo<C: ConnectionTrait>(
-    db: &C,
-    owner: &Caller,
-    todo: &Todo,
-) -> Result<(), DbErr> {
-    Entity::insert(to_active_model(owner, todo))
-        .exec_without_returning(db)
-        .await?;
-    Ok(())
+/// The todo as a new row of `todos` (inserted by the idempotency layer, alone or with the
+/// key's claim).
+pub fn todo_row(owner: &Caller, todo: &Todo) -> NewRow {
+    let model = to_active_model(owner, todo);
+    let (columns, values) = Column::iter()
+        .filter_map(|column| {
+            model
+                .get(column)
+                .into_value()
+                .map(|value| (column.as_str(), value))
+        })
+        .unzip();
+    NewRow::new(Entity.table_name(), columns, values)
 }
 
 pub async fn find_todo<C: ConnectionTrait>(

@@ -25,6 +25,7 @@ both_backends!(
     validation_comes_first_and_consumes_nothing,
     failed_calls_store_nothing_and_the_key_stays_free,
     concurrent_same_key_creates_make_exactly_one_todo,
+    a_duplicate_waits_for_an_uncommitted_claim_and_replays_it,
     concurrent_same_key_updates_write_once,
     update_replays_its_stored_response,
     expired_key_behaves_as_new,
@@ -260,6 +261,54 @@ async fn concurrent_same_key_creates_make_exactly_one_todo(backend: Backend) {
     );
     assert_eq!(app.todo_count().await, 1);
     assert_eq!(app.key_count().await, 1);
+}
+
+/// The race the one-statement claim must get right: the key is claimed by a transaction that
+/// has not committed when the duplicate arrives (so the duplicate's lookup cannot see it). The
+/// duplicate must wait for it, then answer with its stored response, writing nothing.
+async fn a_duplicate_waits_for_an_uncommitted_claim_and_replays_it(backend: Backend) {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let app = spawn_app(backend).await;
+    let (first_key, racing_key) = (fresh_key(), fresh_key());
+    let first = app
+        .create(new_todo("waited for"), Some(&first_key))
+        .await
+        .expect("first create");
+    // Another writer claims `racing_key` for the same request, with the first call's response.
+    let claim = match backend {
+        Backend::Sqlite => app.db.lock_sqlite_writes().await,
+        Backend::Postgres => app.db.conn.begin().await.expect("begin"),
+    };
+    claim
+        .execute_unprepared(&format!(
+            "INSERT INTO idempotency_keys (caller, method, key, fingerprint, response, created_at_us) \
+             SELECT caller, method, '{racing_key}', fingerprint, response, created_at_us \
+             FROM idempotency_keys WHERE key = '{first_key}'"
+        ))
+        .await
+        .expect("claim the key, uncommitted");
+
+    let mut client = app.client.clone();
+    let duplicate = tokio::spawn(async move {
+        client
+            .create_todo(keyed(new_todo("waited for"), Some(&racing_key)))
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !duplicate.is_finished(),
+        "the duplicate waits for the uncommitted claim"
+    );
+    claim.commit().await.expect("commit the claim");
+
+    let response = duplicate
+        .await
+        .expect("the call's task")
+        .expect("the duplicate succeeds");
+    assert!(is_replayed(&response), "answered from the stored response");
+    assert_eq!(response.get_ref(), first.get_ref());
+    assert_eq!(app.todo_count().await, 1, "the duplicate wrote no todo");
+    assert_eq!(app.key_count().await, 2);
 }
 
 async fn concurrent_same_key_updates_write_once(backend: Backend) {
