@@ -193,3 +193,67 @@ fn claim_with_insert_sql(row: &NewRow) -> String {
         params = row.numbered_placeholders(8),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Caller, NewTodo, Todo, TodoDescription, TodoTitle};
+
+    /// `bench/keyed-create.sql` writes each parameter as `/*$n*/(expression)`; replacing those
+    /// with `$n` must give back the service's statement, so pgbench's floor runs the same SQL.
+    fn as_service_sql(script_statement: &str) -> String {
+        let mut out = String::new();
+        let mut rest = script_statement;
+        while let Some(start) = rest.find("/*$") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(close) = after.find("*/") else { break };
+            out.push_str(&after[..close]);
+            let expression = &after[close + 2..];
+            assert!(expression.starts_with('('), "a parameter's expression is parenthesized");
+            let mut depth = 0;
+            let end = expression
+                .char_indices()
+                .find_map(|(i, c)| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    (depth == 0).then_some(i)
+                })
+                .expect("balanced parentheses");
+            rest = &expression[end + 1..];
+        }
+        out.push_str(rest);
+        out.trim_end().trim_end_matches(';').to_owned()
+    }
+
+    #[test]
+    fn the_pgbench_floor_runs_the_services_statement() {
+        let todo = Todo::create(
+            NewTodo {
+                title: TodoTitle::parse("bench").expect("title"),
+                description: TodoDescription::parse("").expect("description"),
+                completed: false,
+            },
+            Timestamp::now(),
+        );
+        let row = crate::storage::todo_row(&Caller::anonymous(), &todo);
+        let script = include_str!("../../bench/keyed-create.sql");
+        let statement: String = script
+            .lines()
+            .filter(|line| !line.starts_with("--") && !line.starts_with('\\'))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(as_service_sql(&statement), claim_with_insert_sql(&row));
+    }
+
+    #[test]
+    fn parameters_are_unmarked_with_nested_parentheses() {
+        assert_eq!(
+            as_service_sql("SELECT /*$1*/(f(a, (b))) + /*$2*/('x');"),
+            "SELECT $1 + $2"
+        );
+    }
+}
