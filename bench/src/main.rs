@@ -10,7 +10,9 @@
 //! - `get`: GetTodo of a random todo among `--seed-todos` created beforehand;
 //! - `list`: ListTodos, first page of 50;
 //! - `update`: UpdateTodo (full replacement, new title, fresh key) of a random seeded todo;
-//! - `mixed`: per call, 20% create-keyed, 50% get, 15% list, 15% update.
+//! - `mixed`: per call, 20% create-keyed, 50% get, 15% list, 15% update;
+//! - `health`: `grpc.health.v1.Health/Check` of TodoService, which the server answers from
+//!   memory: no database, the gRPC transport's own cost (the floor under every other scenario).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +26,8 @@ use todo_service::TodoServiceClient;
 use todo_service::proto;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -35,6 +39,7 @@ enum Scenario {
     List,
     Update,
     Mixed,
+    Health,
 }
 
 #[derive(Debug, Parser)]
@@ -214,6 +219,16 @@ impl Load {
                     _ => Scenario::Update,
                 };
                 return Box::pin(self.call(scenario)).await;
+            }
+            Scenario::Health => {
+                let index = usize::try_from(n).unwrap_or(0) % self.channels.len();
+                let request = HealthCheckRequest {
+                    service: "todo.v1.TodoService".to_owned(),
+                };
+                HealthClient::new(self.channels[index].clone())
+                    .check(self.request(request, None))
+                    .await
+                    .map(drop)
             }
         };
         result.map_err(|status| status.code())
