@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 DURATION="${BENCH_DURATION:-5s}"
 WARMUP="${BENCH_WARMUP:-1s}"
 LEVELS="${BENCH_LEVELS:-1 8 32 64}"
-SCENARIOS="${BENCH_SCENARIOS:-create-keyed create-unkeyed replay get list update mixed}"
+SCENARIOS="${BENCH_SCENARIOS:-create-keyed create-unkeyed replay get list update mixed health}"
 POOL="${BENCH_DB_POOL:-16}"
 SCALE_ROWS="${SCALE_ROWS:-10000000}"
 PG="${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
@@ -78,11 +78,20 @@ done
 
 # The floor: pgbench running the service's SQL for one keyed create, same client counts,
 # same TCP connection to 127.0.0.1 (and the same TLS negotiation) as the service.
-for c in $LEVELS; do
-  tps=$(pgbench -n -M prepared -c "$c" -j "$(( c < 2 ? 1 : 2 ))" -T "${DURATION%s}" \
-        -f bench/keyed-create.sql todo_bench 2>/dev/null | sed -nE 's/^tps = ([0-9.]+).*/\1/p')
-  echo "{\"key\": \"pgbench\", \"concurrency\": $c, \"tps\": $tps}" | tee -a "$out/pgbench.jsonl"
-done
+pgbench_floor() { # $1 = libpq sslmode, $2 = tls true/false
+  for c in $LEVELS; do
+    tps=$(PGSSLMODE=$1 pgbench -n -M prepared -c "$c" -j "$(( c < 2 ? 1 : 2 ))" -T "${DURATION%s}" \
+          -f bench/keyed-create.sql todo_bench 2>/dev/null | sed -nE 's/^tps = ([0-9.]+).*/\1/p')
+    echo "{\"key\": \"pgbench\", \"tls\": $2, \"concurrency\": $c, \"tps\": $tps}" | tee -a "$out/pgbench.jsonl"
+  done
+}
+pgbench_floor prefer true
+
+# The same comparison without TLS on either side (loopback: TLS protects nothing there).
+start_server "$PG/todo_bench?sslmode=disable"
+for c in $LEVELS; do bench "postgres-no-tls" create-keyed "$c"; done
+stop_server
+pgbench_floor disable false
 
 # Scale: keyed create and replay at 32 in flight, almost empty key table vs SCALE_ROWS rows.
 fresh_pg_db todo_bench_scale
