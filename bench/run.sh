@@ -5,7 +5,7 @@
 # and keyed create / replay with 10 million rows in the key table against an almost empty one.
 # Writes bench/results/<time>/ (JSON lines, report.md, latency.svg) and bench/results/latest.
 #
-#   bench/run.sh                       # full run (about 15 minutes)
+#   bench/run.sh                       # full run (about 10 minutes)
 #   BENCH_DURATION=2s BENCH_LEVELS="1 32" SCALE_ROWS=100000 bench/run.sh   # a quick one
 set -euo pipefail
 cd "$(dirname "$0")/.."
