@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use prost::Message;
-use sea_orm::DatabaseTransaction;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend};
 
 pub use fingerprint::RequestFingerprint;
 pub use key::IdempotencyKey;
@@ -41,7 +41,6 @@ use crate::domain::{Caller, Timestamp};
 use crate::error::ServiceError;
 use crate::storage::{NewRow, Storage};
 use persistence::ClaimWithInsert;
-use sea_orm::{ConnectionTrait, DbBackend};
 
 /// A write call that carries an idempotency key: its scope (caller, method, key) and what the
 /// request was.

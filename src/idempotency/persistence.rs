@@ -210,7 +210,10 @@ mod tests {
             let Some(close) = after.find("*/") else { break };
             out.push_str(&after[..close]);
             let expression = &after[close + 2..];
-            assert!(expression.starts_with('('), "a parameter's expression is parenthesized");
+            assert!(
+                expression.starts_with('('),
+                "a parameter's expression is parenthesized"
+            );
             let mut depth = 0;
             let end = expression
                 .char_indices()
