@@ -152,14 +152,6 @@ fn idempotency_key(metadata: &MetadataMap) -> Result<Option<IdempotencyKey>, Ser
     Ok(key)
 }
 
-fn fresh<R>(response: R) -> Executed<R> {
-    Executed {
-        response,
-        outcome: Outcome::Fresh,
-        keyed: false,
-    }
-}
-
 #[tonic::async_trait]
 impl TodoService for TodoApi {
     async fn create_todo(
@@ -194,7 +186,7 @@ impl TodoService for TodoApi {
             let caller = guard::caller(&request)?;
             let id = convert::todo_id("id", &request.get_ref().id)?;
             let todo = todos::get(&self.storage, &caller, id).await?;
-            Ok(fresh(convert::todo(&todo)))
+            Ok(Executed::fresh(convert::todo(&todo), false))
         })
         .await
     }
@@ -210,10 +202,13 @@ impl TodoService for TodoApi {
                 let caller = guard::caller(&request)?;
                 let query = convert::list_query(request.get_ref(), &self.page_token_key, &caller)?;
                 let page = todos::list(&self.storage, &caller, &self.page_token_key, query).await?;
-                Ok(fresh(proto::ListTodosResponse {
-                    todos: page.todos.iter().map(convert::todo).collect(),
-                    next_page_token: page.next_page_token.unwrap_or_default(),
-                }))
+                Ok(Executed::fresh(
+                    proto::ListTodosResponse {
+                        todos: page.todos.iter().map(convert::todo).collect(),
+                        next_page_token: page.next_page_token.unwrap_or_default(),
+                    },
+                    false,
+                ))
             },
         )
         .await
@@ -256,7 +251,7 @@ impl TodoService for TodoApi {
                 let caller = guard::caller(&request)?;
                 let delete = convert::delete_todo(request.get_ref())?;
                 todos::delete(&self.storage, &caller, delete).await?;
-                Ok(fresh(()))
+                Ok(Executed::fresh((), false))
             },
         )
         .await

@@ -96,6 +96,17 @@ pub struct Executed<R> {
     pub keyed: bool,
 }
 
+impl<R> Executed<R> {
+    /// A response of work that ran now.
+    pub fn fresh(response: R, keyed: bool) -> Self {
+        Self {
+            response,
+            outcome: Outcome::Fresh,
+            keyed,
+        }
+    }
+}
+
 /// Runs write calls exactly once per idempotency key.
 #[derive(Debug, Clone)]
 pub struct Idempotency {
@@ -146,11 +157,7 @@ impl Idempotency {
                 .writer()
                 .execute_raw(row.insert_statement(backend))
                 .await?;
-            return Ok(Executed {
-                response,
-                outcome: Outcome::Fresh,
-                keyed: false,
-            });
+            return Ok(Executed::fresh(response, false));
         };
         if backend != DbBackend::Postgres {
             return self
@@ -178,11 +185,7 @@ impl Idempotency {
             );
             match attempt.await? {
                 ClaimWithInsert::Claimed => {
-                    return Ok(Executed {
-                        response,
-                        outcome: Outcome::Fresh,
-                        keyed: true,
-                    });
+                    return Ok(Executed::fresh(response, true));
                 }
                 ClaimWithInsert::Stored(stored) => return replay(stored, request),
                 // Committed after this statement's snapshot: the next one finds it.
@@ -209,11 +212,7 @@ impl Idempotency {
             let txn = self.storage.begin_write().await?;
             let response = work(&txn).await?;
             txn.commit().await?;
-            return Ok(Executed {
-                response,
-                outcome: Outcome::Fresh,
-                keyed: false,
-            });
+            return Ok(Executed::fresh(response, false));
         };
 
         let now = Timestamp::now();
@@ -249,11 +248,7 @@ impl Idempotency {
             };
             if let Some(response) = claimed {
                 txn.commit().await?;
-                return Ok(Executed {
-                    response,
-                    outcome: Outcome::Fresh,
-                    keyed: true,
-                });
+                return Ok(Executed::fresh(response, true));
             }
             // A live row exists: it was committed before our claim returned (the claim waits
             // for an uncommitted one), so it is visible to the next statement. Whatever this
