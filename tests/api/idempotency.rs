@@ -24,6 +24,7 @@ both_backends!(
     several_keys_are_rejected,
     validation_comes_first_and_consumes_nothing,
     failed_calls_store_nothing_and_the_key_stays_free,
+    a_create_whose_insert_fails_in_the_database_leaves_its_key_free,
     concurrent_same_key_creates_make_exactly_one_todo,
     a_duplicate_waits_for_an_uncommitted_claim_and_replays_it,
     concurrent_same_key_updates_write_once,
@@ -235,6 +236,55 @@ async fn failed_calls_store_nothing_and_the_key_stays_free(backend: Backend) {
     let updated = app.update(replace(good), Some(&key)).await.unwrap();
     assert!(!is_replayed(&updated));
     assert_eq!(updated.get_ref().title, "fresh");
+    assert_eq!(app.key_count().await, 1);
+}
+
+/// The key's claim and the todo's insert are one unit: when the database refuses the insert,
+/// the claim goes with it, and a retry with the same key is a first call.
+async fn a_create_whose_insert_fails_in_the_database_leaves_its_key_free(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Another writer's rule the server does not know about: no todo may be titled "refused".
+    app.db
+        .execute(match backend {
+            Backend::Postgres => {
+                "ALTER TABLE todos ADD CONSTRAINT refused CHECK (title <> 'refused')"
+            }
+            Backend::Sqlite => {
+                "CREATE TRIGGER refused BEFORE INSERT ON todos WHEN NEW.title = 'refused' \
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            }
+        })
+        .await;
+    let key = fresh_key();
+    let status = app
+        .create(new_todo("refused"), Some(&key))
+        .await
+        .expect_err("the database refuses the insert");
+    assert_eq!(status.code(), Code::Internal);
+    assert!(
+        !status.message().contains("refused"),
+        "no database text reaches the client: {}",
+        status.message()
+    );
+    assert_eq!(app.todo_count().await, 0);
+    assert_eq!(
+        app.key_count().await,
+        0,
+        "the claim rolled back with the insert"
+    );
+
+    app.db
+        .execute(match backend {
+            Backend::Postgres => "ALTER TABLE todos DROP CONSTRAINT refused",
+            Backend::Sqlite => "DROP TRIGGER refused",
+        })
+        .await;
+    let created = app
+        .create(new_todo("refused"), Some(&key))
+        .await
+        .expect("the retry succeeds");
+    assert!(!is_replayed(&created), "the retry is a first call");
+    assert_eq!(app.todo_count().await, 1);
     assert_eq!(app.key_count().await, 1);
 }
 
