@@ -32,7 +32,7 @@ impl std::fmt::Debug for CallerTokens {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokensFileError {
-    #[error("cannot read the tokens file {path}: {source}")]
+    #[error("cannot read the tokens file {path}")]
     Read {
         path: String,
         source: std::io::Error,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::idempotency::SweepSettings;
+use crate::idempotency::{Retention, SweepSettings};
 use crate::storage::DatabaseSettings;
 
 /// The command line: an optional subcommand (default `serve`) and the configuration.
@@ -180,9 +180,13 @@ impl Config {
         }
     }
 
+    pub fn retention(&self) -> Retention {
+        Retention::new(self.idempotency_retention)
+    }
+
     pub fn sweep(&self) -> SweepSettings {
         SweepSettings {
-            retention: self.idempotency_retention,
+            retention: self.retention(),
             batch_size: self.sweep_batch_size,
             batch_pause: self.sweep_batch_pause,
         }

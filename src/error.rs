@@ -4,12 +4,14 @@
 
 use std::collections::HashMap;
 
-use sea_orm::DbErr;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::{FieldViolation, TodoId};
-use crate::storage::is_unavailable;
+use crate::storage::StorageError;
+
+/// Any error, as the cause of an internal one.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `google.rpc.ErrorInfo.domain` for the errors this service defines.
 pub const ERROR_DOMAIN: &str = "todo.v1.TodoService";
@@ -49,18 +51,45 @@ pub enum ServiceError {
     DeadlineExceeded,
 
     /// UNAVAILABLE: the database is unreachable, overloaded or timed out. Safe to retry with
-    /// the same idempotency key.
-    #[error("database unavailable: {0}")]
-    Unavailable(#[source] DbErr),
+    /// the same idempotency key. Logged (warning) with the operation and its cause.
+    #[error("database unavailable")]
+    Unavailable(#[source] StorageError),
 
-    /// INTERNAL: anything else. Logged with its context; the client sees an opaque message.
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// INTERNAL: a database error that is not about availability (a bug, or stored data that
+    /// breaks an invariant). Logged with the operation and its cause; the client sees an opaque
+    /// message.
+    #[error("database error")]
+    Database(#[source] StorageError),
+
+    /// INTERNAL: the service broke one of its own invariants. Logged with its context and
+    /// cause; the client sees an opaque message.
+    #[error("{context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 }
 
 impl ServiceError {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// INTERNAL: a broken invariant, described by `context`.
+    pub fn internal(context: impl Into<String>) -> Self {
+        Self::Internal {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// INTERNAL: a broken invariant, described by `context`, caused by `source`.
+    pub fn internal_caused_by(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Internal {
+            context: context.into(),
+            source: Some(source.into()),
+        }
     }
 
     pub fn code(&self) -> Code {
@@ -73,20 +102,35 @@ impl ServiceError {
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::Unavailable(_) => Code::Unavailable,
-            Self::Internal(_) => Code::Internal,
+            Self::Database(_) | Self::Internal { .. } => Code::Internal,
         }
     }
 }
 
-impl From<DbErr> for ServiceError {
-    /// Database errors are classified once, here at the storage boundary: connection trouble
-    /// and timeouts are UNAVAILABLE, everything else is INTERNAL.
-    fn from(err: DbErr) -> Self {
-        if is_unavailable(&err) {
+impl From<StorageError> for ServiceError {
+    /// Database errors are classified once, as they leave storage: connection trouble and
+    /// timeouts are UNAVAILABLE, everything else is INTERNAL.
+    fn from(err: StorageError) -> Self {
+        if err.is_unavailable() {
             Self::Unavailable(err)
         } else {
-            Self::Internal(format!("database: {err}"))
+            Self::Database(err)
         }
+    }
+}
+
+/// Displays an error and every cause below it: `outer: cause: root cause`.
+pub struct Chain<'e>(pub &'e (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }
 
@@ -119,15 +163,27 @@ impl From<ServiceError> for Status {
             | ServiceError::Unauthenticated(_)
             | ServiceError::ResourceExhausted(_)
             | ServiceError::DeadlineExceeded => Status::new(code, err.to_string()),
-            ServiceError::Unavailable(source) => {
-                tracing::warn!(error = %source, "database unavailable");
+            ServiceError::Unavailable(ref source) => {
+                tracing::warn!(
+                    operation = source.operation,
+                    error = %Chain(&err),
+                    "database unavailable"
+                );
                 Status::new(
                     code,
                     "the database is unavailable; retry with the same idempotency-key",
                 )
             }
-            ServiceError::Internal(context) => {
-                tracing::error!(error = %context, "internal error");
+            ServiceError::Database(ref source) => {
+                tracing::error!(
+                    operation = source.operation,
+                    error = %Chain(&err),
+                    "internal error"
+                );
+                Status::new(code, "internal error")
+            }
+            ServiceError::Internal { .. } => {
+                tracing::error!(error = %Chain(&err), "internal error");
                 Status::new(code, "internal error")
             }
         }
@@ -164,21 +220,59 @@ mod tests {
         assert_eq!(info.domain, ERROR_DOMAIN);
     }
 
+    use sea_orm::DbErr;
+
+    fn storage_error(operation: &'static str, source: DbErr) -> StorageError {
+        StorageError { operation, source }
+    }
+
     #[test]
     fn internal_errors_are_opaque() {
-        let status = Status::from(ServiceError::Internal(
-            "SELECT * FROM todos failed".to_owned(),
-        ));
+        let status = Status::from(ServiceError::internal("SELECT * FROM todos failed"));
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("SELECT"));
+        let status = Status::from(ServiceError::from(storage_error(
+            "find todo",
+            DbErr::Custom("SELECT * FROM todos: syntax error".to_owned()),
+        )));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("SELECT"));
+        assert!(!status.message().contains("find todo"));
     }
 
     #[test]
     fn pool_timeout_is_unavailable_without_sql() {
-        let err = ServiceError::from(DbErr::ConnectionAcquire(
-            sea_orm::error::ConnAcquireErr::Timeout,
+        let err = ServiceError::from(storage_error(
+            "find todo",
+            DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout),
         ));
+        assert!(matches!(err, ServiceError::Unavailable(_)));
         let status = Status::from(err);
         assert_eq!(status.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn the_log_chain_names_the_operation_and_the_cause() {
+        let err = ServiceError::from(storage_error(
+            "insert todo",
+            DbErr::Custom("CHECK constraint failed: title".to_owned()),
+        ));
+        let logged = Chain(&err).to_string();
+        assert!(logged.starts_with("database error: "), "{logged}");
+        assert!(logged.contains("`insert todo`"), "{logged}");
+        assert!(
+            logged.contains("CHECK constraint failed: title"),
+            "{logged}"
+        );
+
+        // A length-delimited field 1 that claims 5 bytes and has none.
+        let decode = <crate::proto::Todo as prost::Message>::decode([0x0a, 0x05].as_slice())
+            .expect_err("a truncated message");
+        let err = ServiceError::internal_caused_by("stored response does not decode", decode);
+        let logged = Chain(&err).to_string();
+        assert!(
+            logged.starts_with("stored response does not decode: failed to decode Protobuf"),
+            "{logged}"
+        );
     }
 }

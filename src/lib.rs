@@ -14,12 +14,15 @@
 //! - [`auth`]: callers and their bearer tokens (the tokens file).
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
 //! - [`ticker`]: the schedule of background tasks (health checks, key sweeper).
-//! - [`metrics`]: Prometheus registry and `/metrics` rendering.
+//! - [`health`]: the health service, kept in step with the database.
+//! - [`metrics`]: Prometheus registry and the `/metrics` endpoint.
 //! - [`grpc`]: the transport. Handlers read metadata, convert proto <-> domain (parsing all
 //!   input into domain types), call the use cases, and map errors to statuses.
-//! - [`idempotency`]: the key mechanism any write RPC reuses: key newtype, request
-//!   fingerprint, and the claim / replay logic over the `idempotency_keys` table.
-//! - [`todos`]: the use cases, one function per RPC, over storage, independent of gRPC.
+//! - [`idempotency`]: the key mechanism every write RPC runs through: the `Write` shape, key
+//!   newtype, request fingerprint, the claim / replay logic over the `idempotency_keys`
+//!   table, and the sweep of expired keys.
+//! - [`todos`]: the use cases, one per RPC, over storage, independent of gRPC (reads are
+//!   functions; writes return a `Write`).
 //! - [`domain`]: validated types (`TodoTitle`, `TodoId`, `UpdateMask`, page tokens, ...).
 //! - [`storage`]: SeaORM entities and queries; SQLite or PostgreSQL connections.
 //! - [`error`]: the one `ServiceError` enum and its mapping to `tonic::Status`.
@@ -32,6 +35,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod health;
 pub mod idempotency;
 pub mod metrics;
 pub mod startup;

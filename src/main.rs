@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use todo_service::config::{Cli, Command};
+use todo_service::error::Chain;
 use todo_service::startup::{Application, sweep_once};
 use todo_service::telemetry;
 
@@ -39,7 +40,7 @@ async fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                tracing::error!(error = %err, "sweep failed");
+                tracing::error!(error = %Chain(&err), "sweep failed");
                 ExitCode::FAILURE
             }
         },
@@ -47,14 +48,14 @@ async fn main() -> ExitCode {
             let app = match Application::build(&config).await {
                 Ok(app) => app,
                 Err(err) => {
-                    tracing::error!(error = %err, "start-up failed");
+                    tracing::error!(error = %Chain(&err), "start-up failed");
                     return ExitCode::FAILURE;
                 }
             };
             match app.run_until_stopped(shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    tracing::error!(error = %err, "server failed");
+                    tracing::error!(error = %Chain(&err), "server failed");
                     ExitCode::FAILURE
                 }
             }

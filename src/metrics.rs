@@ -1,6 +1,7 @@
 //! Prometheus metrics. Each `Application` has its own registry (no global state), served as
 //! text on `GET /metrics` at `--metrics-listen-addr`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -9,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::idempotency::SweepReport;
 use crate::storage::Storage;
@@ -66,15 +69,25 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
 }
 
+/// The service's metrics: one registry per `Application`, shared by its handlers and tasks.
 pub struct Metrics {
+    /// Every metric below, registered under its Prometheus name.
     registry: Registry,
+    /// `todo_idempotent_requests_total{method, outcome}`.
     idempotent_requests: Family<IdempotentLabels, Counter>,
+    /// `todo_grpc_requests_total{method, code}`.
     grpc_requests: Family<GrpcLabels, Counter>,
+    /// `todo_grpc_request_duration_seconds{method}`.
     grpc_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    /// `todo_rejected_requests_total{reason}`.
     rejected_requests: Family<ReasonLabels, Counter>,
+    /// `todo_idempotency_keys_swept_total`.
     swept_rows: Counter,
+    /// `todo_idempotency_sweeps_total`.
     sweeps: Counter,
+    /// `todo_idempotency_sweep_duration_seconds`.
     sweep_duration: Histogram,
+    /// `todo_db_pool_connections{pool, state}`, read at each scrape.
     pool_connections: Family<PoolLabels, Gauge>,
 }
 
@@ -212,6 +225,35 @@ impl Metrics {
             tracing::error!(error = %err, "cannot encode metrics");
         }
         text
+    }
+}
+
+/// Serves `GET /metrics` in the Prometheus text format on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    storage: Storage,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                metrics.render(&storage),
+            )
+        }),
+    );
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await;
+    if let Err(err) = served {
+        tracing::error!(error = %err, "metrics endpoint failed");
     }
 }
 

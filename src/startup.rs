@@ -5,41 +5,41 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sea_orm::DbErr;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::server::NamedService;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::auth::{CallerTokens, TokensFileError};
 use crate::config::Config;
+use crate::error::Chain;
 use crate::grpc::TodoApi;
 use crate::grpc::guard::RequestGuard;
 use crate::grpc::limits::limit_request_bodies;
-use crate::idempotency::{Idempotency, SweepReport, SweepSettings, run_sweeper, sweep_expired};
-use crate::metrics::Metrics;
+use crate::health::report_health;
+use crate::idempotency::{Idempotency, SweepReport, SweepSettings, sweep_expired};
+use crate::metrics::{self, Metrics};
 use crate::proto::{self, todo_service_server::TodoServiceServer};
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 use crate::ticker::Ticker;
 
+/// Why the server could not start (or stopped). Each variant keeps its cause as its source;
+/// `main` logs the whole chain.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot reach the database: {0}")]
-    Database(#[from] DbErr),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot reach the database")]
+    Database(#[from] StorageError),
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot build the reflection service: {0}")]
+    #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("gRPC server failed: {0}")]
+    #[error("gRPC server failed")]
     Serve(#[from] tonic::transport::Error),
-    #[error(transparent)]
+    #[error("cannot load the tokens file")]
     Tokens(#[from] TokensFileError),
     #[error(
         "refusing to serve anonymous callers on the non-loopback address {0}: configure \
@@ -47,7 +47,7 @@ pub enum StartupError {
          is really wanted"
     )]
     AnonymousNonLoopback(SocketAddr),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     TlsFile {
         path: String,
         source: std::io::Error,
@@ -56,11 +56,25 @@ pub enum StartupError {
 
 /// How calls are guarded and bounded.
 struct Limits {
+    /// The callers and their token hashes (`--tokens-file`; empty: anonymous).
     tokens: Arc<CallerTokens>,
+    /// Serve over TLS (and require client certificates) when set.
     tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Largest request message (`--max-request-bytes`).
     max_request_bytes: usize,
+    /// Largest request metadata (`--max-metadata-bytes`).
     max_metadata_bytes: usize,
+    /// Calls served at once on one connection (`--max-concurrent-calls-per-connection`).
     max_concurrent_calls_per_connection: usize,
+}
+
+/// When the in-process key sweeper runs, and how it sweeps.
+#[derive(Debug, Clone, Copy)]
+struct SweeperSchedule {
+    /// How each sweep deletes expired keys.
+    settings: SweepSettings,
+    /// Time between two sweeps (`--sweep-interval`).
+    interval: Duration,
 }
 
 fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, StartupError> {
@@ -86,15 +100,24 @@ fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfi
 
 /// A server ready to run: connected, migrated, and bound to its ports.
 pub struct Application {
+    /// The gRPC listener, bound at build time (so port 0 is known before serving).
     listener: TcpListener,
+    /// The address `listener` is bound to.
     local_addr: SocketAddr,
+    /// The `/metrics` listener and its address, when metrics are on.
     metrics_listener: Option<(TcpListener, SocketAddr)>,
+    /// The database connections, shared with the handlers and background tasks.
     storage: Storage,
+    /// This server's metrics registry.
     metrics: Arc<Metrics>,
+    /// The TodoService handlers.
     api: TodoApi,
+    /// How calls are guarded and bounded.
     limits: Limits,
+    /// How often the health service checks the database.
     health_check_interval: Duration,
-    sweeper: Option<(SweepSettings, Duration)>,
+    /// The in-process key sweeper, unless `--sweep-enabled false`.
+    sweeper: Option<SweeperSchedule>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
@@ -143,7 +166,7 @@ impl Application {
         let storage = open_storage(config).await?;
         let page_token_key = storage.page_token_key().await?;
         let metrics = Arc::new(Metrics::new());
-        let idempotency = Idempotency::new(storage.clone(), config.idempotency_retention);
+        let idempotency = Idempotency::new(storage.clone(), config.retention());
         let api = TodoApi::new(
             storage.clone(),
             idempotency,
@@ -166,9 +189,10 @@ impl Application {
             api,
             limits,
             health_check_interval: config.health_check_interval,
-            sweeper: config
-                .sweep_enabled
-                .then(|| (config.sweep(), config.sweep_interval)),
+            sweeper: config.sweep_enabled.then(|| SweeperSchedule {
+                settings: config.sweep(),
+                interval: config.sweep_interval,
+            }),
         })
     }
 
@@ -198,18 +222,17 @@ impl Application {
             self.health_check_interval,
             stopped.clone(),
         ));
-        if let Some((settings, interval)) = self.sweeper {
-            tasks.spawn(run_sweeper(
+        if let Some(schedule) = self.sweeper {
+            tasks.spawn(sweep_periodically(
                 self.storage.clone(),
-                settings,
-                interval,
+                schedule,
                 Arc::clone(&self.metrics),
                 stopped.clone(),
             ));
         }
         if let Some((listener, addr)) = self.metrics_listener {
             tracing::info!(%addr, "serving metrics on /metrics");
-            tasks.spawn(serve_metrics(
+            tasks.spawn(metrics::serve(
                 listener,
                 Arc::clone(&self.metrics),
                 self.storage.clone(),
@@ -278,58 +301,33 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// Keeps the health service in step with the database: SERVING for "" and
-/// "todo.v1.TodoService" while the database answers, NOT_SERVING while it does not.
-async fn report_health(
-    reporter: HealthReporter,
+/// Sweeps expired keys on `schedule` until `stop` turns true, recording each sweep.
+async fn sweep_periodically(
     storage: Storage,
-    interval: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let name = <TodoServiceServer<TodoApi> as NamedService>::NAME;
-    let mut last = None;
-    let mut ticker = Ticker::new(interval);
-    while ticker.tick_unless_stopped(&mut stop).await {
-        let status = match storage.ping().await {
-            Ok(()) => ServingStatus::Serving,
-            Err(err) => {
-                tracing::warn!(error = %err, "health check: database unreachable");
-                ServingStatus::NotServing
-            }
-        };
-        if last != Some(status) {
-            reporter.set_service_status("", status).await;
-            reporter.set_service_status(name, status).await;
-            last = Some(status);
-        }
-    }
-}
-
-/// `GET /metrics` in the Prometheus text format, until `stop`.
-async fn serve_metrics(
-    listener: TcpListener,
+    schedule: SweeperSchedule,
     metrics: Arc<Metrics>,
-    storage: Storage,
     mut stop: watch::Receiver<bool>,
 ) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || async move {
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )],
-                metrics.render(&storage),
-            )
-        }),
-    );
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .await;
-    if let Err(err) = served {
-        tracing::error!(error = %err, "metrics endpoint failed");
+    let mut ticker = Ticker::new(schedule.interval);
+    while ticker.tick_unless_stopped(&mut stop).await {
+        let started = Instant::now();
+        let result = tokio::select! {
+            result = sweep_expired(&storage, schedule.settings) => result,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        match result {
+            Ok(report) => {
+                metrics.record_sweep(report, started.elapsed());
+                tracing::info!(
+                    rows_deleted = report.rows_deleted,
+                    batches = report.batches,
+                    duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "idempotency keys swept"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(error = %Chain(&err), "idempotency key sweep failed; will retry");
+            }
+        }
     }
 }

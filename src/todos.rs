@@ -1,16 +1,20 @@
 //! What each TodoService RPC does, over storage and independent of gRPC: the use cases.
-//! Writes that honour idempotency keys take the open transaction the key is claimed in. Every
-//! use case acts for one caller and sees only that caller's todos: another caller's todo is
-//! NOT_FOUND (never PERMISSION_DENIED, which would reveal that it exists).
+//! Every use case acts for one caller and sees only that caller's todos: another caller's todo
+//! is NOT_FOUND (never PERMISSION_DENIED, which would reveal that it exists).
+//!
+//! Reads are plain async functions. Writes all have one shape: a function that returns a
+//! [`Write`] (a new row, or a type whose [`Work::run`] does the work in a transaction), which
+//! the handler runs through `Idempotency::execute`, with or without a key. A new write RPC
+//! copies [`update`]: a struct holding the parsed request and the caller, `impl Work` for it,
+//! and a function returning `Write::Transaction(...)`.
 
-use prost::Message;
 use sea_orm::DatabaseTransaction;
 
 use crate::domain::{
     Caller, ListQuery, NewTodo, PageToken, PageTokenKey, Timestamp, Todo, TodoId, TodoPatch,
 };
 use crate::error::ServiceError;
-use crate::idempotency::{Executed, Idempotency, IdempotentRequest};
+use crate::idempotency::{InsertOnly, Work, Write};
 use crate::storage::{self, Storage};
 
 /// UpdateTodo, parsed.
@@ -37,19 +41,74 @@ pub struct TodoPage {
     pub next_page_token: Option<String>,
 }
 
-/// Creates the todo and answers with `respond(&todo)`; with a key, at most once (a replay
-/// answers with the response stored by the call that created it).
-pub async fn create<R: Message + Default + 'static>(
-    idempotency: &Idempotency,
-    request: Option<&IdempotentRequest>,
-    caller: &Caller,
-    new: NewTodo,
-    respond: impl FnOnce(&Todo) -> R,
-) -> Result<Executed<R>, ServiceError> {
+/// CreateTodo: one new row, the todo as created.
+pub fn create(caller: &Caller, new: NewTodo) -> Write<InsertOnly<Todo>> {
     let todo = Todo::create(new, Timestamp::now());
-    idempotency
-        .execute_insert(request, storage::todo_row(caller, &todo), respond(&todo))
-        .await
+    Write::insert(storage::todo_row(caller, &todo), todo)
+}
+
+/// UpdateTodo: applies the update; one that changes nothing returns the todo as it is,
+/// unwritten.
+pub fn update(caller: Caller, update: UpdateTodo) -> Write<Update> {
+    Write::Transaction(Update { caller, update })
+}
+
+/// The work of [`update`].
+pub struct Update {
+    caller: Caller,
+    update: UpdateTodo,
+}
+
+impl Work for Update {
+    type Output = Todo;
+
+    async fn run(&self, txn: &DatabaseTransaction) -> Result<Todo, ServiceError> {
+        let Self { caller, update } = self;
+        let current = storage::find_todo_for_update(txn, caller, update.id)
+            .await?
+            .ok_or(ServiceError::NotFound(update.id))?;
+        if !current.etag_matches(&update.etag) {
+            return Err(ServiceError::EtagMismatch(update.id));
+        }
+        match current.apply(update.patch.clone(), Timestamp::now()) {
+            None => Ok(current),
+            Some(next) => {
+                storage::update_todo(txn, caller, &next).await?;
+                Ok(next)
+            }
+        }
+    }
+}
+
+/// DeleteTodo: deletes the todo if it exists. A missing todo is success (its etag is then
+/// ignored); an existing one with another etag is ABORTED.
+pub fn delete(caller: Caller, delete: DeleteTodo) -> Write<Delete> {
+    Write::Transaction(Delete { caller, delete })
+}
+
+/// The work of [`delete`].
+pub struct Delete {
+    caller: Caller,
+    delete: DeleteTodo,
+}
+
+impl Work for Delete {
+    type Output = ();
+
+    async fn run(&self, txn: &DatabaseTransaction) -> Result<(), ServiceError> {
+        let Self { caller, delete } = self;
+        if !delete.etag.is_empty() {
+            match storage::find_todo_for_update(txn, caller, delete.id).await? {
+                None => return Ok(()),
+                Some(current) if !current.etag_matches(&delete.etag) => {
+                    return Err(ServiceError::EtagMismatch(delete.id));
+                }
+                Some(_) => {}
+            }
+        }
+        storage::delete_todo(txn, caller, delete.id).await?;
+        Ok(())
+    }
 }
 
 pub async fn get(storage: &Storage, caller: &Caller, id: TodoId) -> Result<Todo, ServiceError> {
@@ -84,47 +143,4 @@ pub async fn list(
         todos,
         next_page_token,
     })
-}
-
-/// Applies the update; an update that changes nothing returns the todo as it is, unwritten.
-pub async fn update(
-    txn: &DatabaseTransaction,
-    caller: &Caller,
-    update: UpdateTodo,
-) -> Result<Todo, ServiceError> {
-    let current = storage::find_todo_for_update(txn, caller, update.id)
-        .await?
-        .ok_or(ServiceError::NotFound(update.id))?;
-    if !current.etag_matches(&update.etag) {
-        return Err(ServiceError::EtagMismatch(update.id));
-    }
-    match current.apply(update.patch, Timestamp::now()) {
-        None => Ok(current),
-        Some(next) => {
-            storage::update_todo(txn, caller, &next).await?;
-            Ok(next)
-        }
-    }
-}
-
-/// Deletes the todo if it exists. A missing todo is success (its etag is then ignored); an
-/// existing one with another etag is ABORTED.
-pub async fn delete(
-    storage: &Storage,
-    caller: &Caller,
-    delete: DeleteTodo,
-) -> Result<(), ServiceError> {
-    let txn = storage.begin_write().await?;
-    if !delete.etag.is_empty() {
-        match storage::find_todo_for_update(&txn, caller, delete.id).await? {
-            None => return Ok(()),
-            Some(current) if !current.etag_matches(&delete.etag) => {
-                return Err(ServiceError::EtagMismatch(delete.id));
-            }
-            Some(_) => {}
-        }
-    }
-    storage::delete_todo(&txn, caller, delete.id).await?;
-    txn.commit().await?;
-    Ok(())
 }

@@ -14,8 +14,11 @@ use crate::metrics::Metrics;
 /// The TodoService interceptor.
 #[derive(Debug, Clone)]
 pub struct RequestGuard {
+    /// The callers and their token hashes (empty: every caller is anonymous).
     tokens: Arc<CallerTokens>,
+    /// Largest request metadata accepted, as HTTP/2 counts it.
     max_metadata_bytes: usize,
+    /// Where refused calls are counted.
     metrics: Arc<Metrics>,
 }
 
@@ -78,7 +81,7 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, ServiceError> {
         .extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or_else(|| ServiceError::Internal("request did not pass the RequestGuard".to_owned()))
+        .ok_or_else(|| ServiceError::internal("request did not pass the RequestGuard"))
 }
 
 #[cfg(test)]

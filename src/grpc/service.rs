@@ -10,44 +10,56 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, field};
 
 use super::{convert, guard, metadata};
-use crate::domain::PageTokenKey;
+use crate::domain::{Caller, PageTokenKey};
 use crate::error::ServiceError;
-use crate::idempotency::{Executed, Idempotency, IdempotencyKey, IdempotentRequest, Outcome};
+use crate::idempotency::{
+    Executed, Idempotency, IdempotencyKey, IdempotentRequest, Outcome, Work, Write,
+};
 use crate::metrics::{IdempotentOutcome, Metrics, code_name};
 use crate::proto::{self, todo_service_server::TodoService};
 use crate::storage::Storage;
 use crate::todos;
 
-/// One RPC: its short name (for logs and metrics) and its full path (the idempotency scope).
+/// One RPC: its short name (for logs and metrics), its full path (the idempotency scope), and
+/// whether it stores idempotency keys.
 #[derive(Debug, Clone, Copy)]
 struct Rpc {
     name: &'static str,
     path: &'static str,
+    /// Whether a call's `idempotency-key` is stored and its response replayed. A write that is
+    /// idempotent by nature (DeleteTodo) checks the key's form but stores nothing.
+    stores_keys: bool,
 }
 
 /// An [`Rpc`] of TodoService by its method name; the path is derived from it.
 macro_rules! rpc {
-    ($name:literal) => {
+    ($name:literal, stores_keys: $stores_keys:literal) => {
         Rpc {
             name: $name,
             path: concat!("/todo.v1.TodoService/", $name),
+            stores_keys: $stores_keys,
         }
     };
 }
 
-const CREATE_TODO: Rpc = rpc!("CreateTodo");
-const GET_TODO: Rpc = rpc!("GetTodo");
-const LIST_TODOS: Rpc = rpc!("ListTodos");
-const UPDATE_TODO: Rpc = rpc!("UpdateTodo");
-const DELETE_TODO: Rpc = rpc!("DeleteTodo");
+const CREATE_TODO: Rpc = rpc!("CreateTodo", stores_keys: true);
+const GET_TODO: Rpc = rpc!("GetTodo", stores_keys: false);
+const LIST_TODOS: Rpc = rpc!("ListTodos", stores_keys: false);
+const UPDATE_TODO: Rpc = rpc!("UpdateTodo", stores_keys: true);
+const DELETE_TODO: Rpc = rpc!("DeleteTodo", stores_keys: false);
 
 /// The gRPC face of the service.
 #[derive(Debug, Clone)]
 pub struct TodoApi {
+    /// The database, for reads.
     storage: Storage,
+    /// Runs every write, with or without an idempotency key.
     idempotency: Idempotency,
+    /// Signs and checks ListTodos page tokens (shared by every replica).
     page_token_key: PageTokenKey,
+    /// Where calls are counted.
     metrics: Arc<Metrics>,
+    /// Longest a call may run (`--request-timeout`).
     request_timeout: Duration,
 }
 
@@ -123,6 +135,43 @@ impl TodoApi {
     }
 }
 
+impl TodoApi {
+    /// Every write RPC, the one way: reads the idempotency key (recorded in the span as a
+    /// hash) and the caller, parses the message with `parse` (all validation happens here, so
+    /// an invalid request consumes no key), turns it into a [`Write`] with `plan`, and runs it
+    /// through [`Idempotency::execute`], answering `respond(&output)` or the stored response.
+    async fn write<M, P, W, R>(
+        &self,
+        rpc: Rpc,
+        request: Request<M>,
+        parse: impl FnOnce(&M) -> Result<P, ServiceError> + Send,
+        plan: impl FnOnce(Caller, P) -> Write<W> + Send,
+        respond: impl Fn(&W::Output) -> R + Send,
+    ) -> Result<Response<R>, Status>
+    where
+        M: prost::Message + Send,
+        P: Send,
+        W: Work,
+        R: prost::Message + Default,
+    {
+        let request_id = metadata::request_id(request.metadata());
+        self.observe(rpc, request_id, async {
+            let key = idempotency_key(request.metadata())?;
+            let caller = guard::caller(&request)?;
+            let message = request.into_inner();
+            let parsed = parse(&message)?;
+            let keyed = key
+                .filter(|_| rpc.stores_keys)
+                .map(|key| IdempotentRequest::new(caller.clone(), rpc.path, key, &message));
+            let write = plan(caller, parsed);
+            self.idempotency
+                .execute(keyed.as_ref(), write, respond)
+                .await
+        })
+        .await
+    }
+}
+
 /// How a call counts in `todo_idempotent_requests_total`, if it does.
 fn idempotent_outcome<R>(result: &Result<Executed<R>, ServiceError>) -> Option<IdempotentOutcome> {
     match result {
@@ -158,23 +207,13 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::CreateTodoRequest>,
     ) -> Result<Response<proto::Todo>, Status> {
-        let request_id = metadata::request_id(request.metadata());
-        self.observe(CREATE_TODO, request_id, async {
-            let key = idempotency_key(request.metadata())?;
-            let caller = guard::caller(&request)?;
-            let message = request.into_inner();
-            let new_todo = convert::new_todo(&message)?;
-            let keyed = key
-                .map(|key| IdempotentRequest::new(caller.clone(), CREATE_TODO.path, key, &message));
-            todos::create(
-                &self.idempotency,
-                keyed.as_ref(),
-                &caller,
-                new_todo,
-                convert::todo,
-            )
-            .await
-        })
+        self.write(
+            CREATE_TODO,
+            request,
+            convert::new_todo,
+            |caller, new| todos::create(&caller, new),
+            convert::todo,
+        )
         .await
     }
 
@@ -218,23 +257,13 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::UpdateTodoRequest>,
     ) -> Result<Response<proto::Todo>, Status> {
-        let request_id = metadata::request_id(request.metadata());
-        self.observe(UPDATE_TODO, request_id, async {
-            let key = idempotency_key(request.metadata())?;
-            let caller = guard::caller(&request)?;
-            let message = request.into_inner();
-            let update = convert::update_todo(&message)?;
-            let keyed = key
-                .map(|key| IdempotentRequest::new(caller.clone(), UPDATE_TODO.path, key, &message));
-            self.idempotency
-                .execute(keyed.as_ref(), |txn| {
-                    Box::pin(async move {
-                        let todo = todos::update(txn, &caller, update).await?;
-                        Ok(convert::todo(&todo))
-                    })
-                })
-                .await
-        })
+        self.write(
+            UPDATE_TODO,
+            request,
+            convert::update_todo,
+            todos::update,
+            convert::todo,
+        )
         .await
     }
 
@@ -242,17 +271,12 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::DeleteTodoRequest>,
     ) -> Result<Response<()>, Status> {
-        self.observe(
+        self.write(
             DELETE_TODO,
-            metadata::request_id(request.metadata()),
-            async {
-                // DeleteTodo is idempotent by nature; a key is checked for form but not stored.
-                idempotency_key(request.metadata())?;
-                let caller = guard::caller(&request)?;
-                let delete = convert::delete_todo(request.get_ref())?;
-                todos::delete(&self.storage, &caller, delete).await?;
-                Ok(Executed::fresh((), false))
-            },
+            request,
+            convert::delete_todo,
+            todos::delete,
+            |_: &()| (),
         )
         .await
     }

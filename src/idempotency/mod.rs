@@ -1,6 +1,7 @@
 //! Idempotency keys: the whole mechanism that makes a retried write happen once.
 //!
-//! A call that carries a key runs its work inside [`Idempotency::execute`]:
+//! Every write RPC runs through [`Idempotency::execute`], given a [`Write`] that says what it
+//! does (see `write.rs`). A call that carries a key:
 //! 1. a live row for (caller, method, key) already committed? Replay its stored response if
 //!    the request's fingerprint matches, else `IDEMPOTENCY_KEY_REUSED` (one indexed read, as
 //!    cheap as a GetTodo);
@@ -10,46 +11,48 @@
 //!    until the first commits, then replays it; if the first fails, its transaction rolls back,
 //!    the key stays free, and the waiting call proceeds.
 //!
-//! Work that is one new row and nothing else (CreateTodo) goes through
-//! [`Idempotency::execute_insert`] instead, which knows the response before it writes. On
-//! PostgreSQL the lookup, the claim with the response and the row's insert are ONE statement
-//! (one round trip, one implicit transaction; the row is inserted only if the claim
+//! A [`Write::Insert`] (one new row and nothing else: CreateTodo) knows its response before it
+//! writes. On PostgreSQL the lookup, the claim with the response and the row's insert are ONE
+//! statement (one round trip, one implicit transaction; the row is inserted only if the claim
 //! succeeded), for a fresh call and a replay alike. On SQLite (no data-modifying CTEs) the
 //! row is inserted first and the key then claimed with the response, in one transaction: the
 //! insert cannot conflict with a concurrent same-key call's, so the later call still blocks
-//! on the claim, finds the committed key, rolls its own insert back and replays. Work that
-//! reads and changes existing rows (UpdateTodo) must claim first, or a concurrent duplicate
+//! on the claim, finds the committed key, rolls its own insert back and replays. A
+//! [`Write::Transaction`] (UpdateTodo, DeleteTodo) claims first, or a concurrent duplicate
 //! would see the first one's write (a changed etag) instead of waiting for its response.
 
 mod fingerprint;
 mod key;
 mod persistence;
 mod sweeper;
+mod write;
 
 use std::time::Duration;
 
-use futures_core::future::BoxFuture;
 use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend};
 
 pub use fingerprint::RequestFingerprint;
 pub use key::IdempotencyKey;
-pub use persistence::Entity as IdempotencyKeyEntity;
-pub use sweeper::{SweepReport, SweepSettings, run_sweeper, sweep_expired};
+pub use sweeper::{SweepReport, SweepSettings, sweep_expired};
+pub use write::{InsertOnly, Work, Write};
 
 use crate::domain::{Caller, Timestamp};
 use crate::error::ServiceError;
-use crate::storage::{NewRow, Storage};
-use persistence::ClaimWithInsert;
+use crate::storage::{During, Storage};
+use persistence::{ClaimWithInsert, StoredKey};
 
 /// A write call that carries an idempotency key: its scope (caller, method, key) and what the
 /// request was.
 #[derive(Debug, Clone)]
 pub struct IdempotentRequest {
+    /// Who called; keys of different callers never meet.
     pub caller: Caller,
     /// The full gRPC method path, e.g. `/todo.v1.TodoService/CreateTodo`.
     pub method: &'static str,
+    /// The key the client sent.
     pub key: IdempotencyKey,
+    /// What the request was, to tell a retry from a reuse of the key.
     pub fingerprint: RequestFingerprint,
 }
 
@@ -69,13 +72,20 @@ impl IdempotentRequest {
     }
 }
 
-/// When the key is claimed relative to the work, in the one transaction.
+/// How long a key is honoured: a key created before `now - retention` behaves as new (even
+/// before the sweeper deletes its row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ClaimOrder {
-    /// Claim, work, store the response: for work that reads or changes existing rows.
-    BeforeWork,
-    /// Work, then claim with the response: only for work that inserts new rows and nothing else.
-    AfterWork,
+pub struct Retention(Duration);
+
+impl Retention {
+    pub fn new(retention: Duration) -> Self {
+        Self(retention)
+    }
+
+    /// The oldest creation time of a key still honoured at `now`.
+    pub fn cutoff(self, now: Timestamp) -> Timestamp {
+        now.minus(self.0)
+    }
 }
 
 /// How a call was answered.
@@ -110,136 +120,92 @@ impl<R> Executed<R> {
 /// Runs write calls exactly once per idempotency key.
 #[derive(Debug, Clone)]
 pub struct Idempotency {
+    /// Where keys and the writes they guard are stored, in one transaction per call.
     storage: Storage,
-    retention: Duration,
+    /// How long a key is honoured.
+    retention: Retention,
 }
 
-/// How many times a call tries to claim the key: again when it lost the claim to a concurrent
-/// call (it then reads that call's row), or when the row it lost to disappeared before it could
-/// read it (expiry at that very moment); any more is an internal error.
+/// How many times a call tries to claim the key, on every path: again when it lost the claim
+/// to a concurrent call whose row then could not be read (it expired at that very moment, or
+/// on PostgreSQL it committed after the claiming statement's snapshot); any more is an
+/// internal error.
 const CLAIM_ATTEMPTS: usize = 3;
 
 impl Idempotency {
-    pub fn new(storage: Storage, retention: Duration) -> Self {
+    pub fn new(storage: Storage, retention: Retention) -> Self {
         Self { storage, retention }
     }
 
-    /// Runs `work` in a write transaction and returns its response. With a key, at most once:
-    /// the key is claimed before the work runs (see the module docs). An error from `work`
-    /// rolls the transaction back, which frees the key.
-    pub async fn execute<R, F>(
+    /// Runs `write` and answers `respond(&output)`. Without a key: once, in one transaction
+    /// (an insert alone: one statement). With a key: at most once per key; a call whose key
+    /// was already used answers the stored response (see the module docs). An error rolls
+    /// everything back and frees the key.
+    pub async fn execute<W, R>(
         &self,
         request: Option<&IdempotentRequest>,
-        work: F,
+        write: Write<W>,
+        respond: impl Fn(&W::Output) -> R + Send,
     ) -> Result<Executed<R>, ServiceError>
     where
+        W: Work,
         R: Message + Default,
-        F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<R, ServiceError>>,
     {
-        self.run(request, ClaimOrder::BeforeWork, work).await
-    }
-
-    /// Inserts `row` and returns `response`, the call's response once the row exists. With a
-    /// key, at most once, and a replay returns the response stored by the call that inserted
-    /// (see the module docs). Without a key: the insert alone, one statement.
-    pub async fn execute_insert<R>(
-        &self,
-        request: Option<&IdempotentRequest>,
-        row: NewRow,
-        response: R,
-    ) -> Result<Executed<R>, ServiceError>
-    where
-        R: Message + Default + 'static,
-    {
-        let backend = self.storage.backend();
         let Some(request) = request else {
-            self.storage
-                .writer()
-                .execute_raw(row.insert_statement(backend))
-                .await?;
-            return Ok(Executed::fresh(response, false));
+            let output = self.run_unkeyed(write).await?;
+            return Ok(Executed::fresh(respond(&output), false));
         };
-        if backend != DbBackend::Postgres {
-            return self
-                .run(Some(request), ClaimOrder::AfterWork, move |txn| {
-                    Box::pin(async move {
-                        txn.execute_raw(row.insert_statement(backend)).await?;
-                        Ok(response)
-                    })
-                })
-                .await;
-        }
-
         let now = Timestamp::now();
-        let cutoff = now.minus(self.retention);
-        let bytes = response.encode_to_vec();
-        for _ in 0..CLAIM_ATTEMPTS {
-            let db = self.storage.writer();
-            let attempt = persistence::claim_with_insert(
-                db,
-                request,
-                bytes.clone(),
-                row.clone(),
-                now,
-                cutoff,
-            );
-            match attempt.await? {
-                ClaimWithInsert::Claimed => {
-                    return Ok(Executed::fresh(response, true));
+        let cutoff = self.retention.cutoff(now);
+        if let Write::Insert { row, output } = &write
+            && self.storage.backend() == DbBackend::Postgres
+        {
+            let response = respond(output);
+            let bytes = response.encode_to_vec();
+            for _ in 0..CLAIM_ATTEMPTS {
+                let attempt = persistence::claim_with_insert(
+                    self.storage.writer(),
+                    request,
+                    bytes.clone(),
+                    row.clone(),
+                    now,
+                    cutoff,
+                );
+                match attempt.await? {
+                    ClaimWithInsert::Claimed => return Ok(Executed::fresh(response, true)),
+                    ClaimWithInsert::Stored(stored) => return replay(stored, request),
+                    // Committed after this statement's snapshot: the next one finds it.
+                    ClaimWithInsert::Lost => {}
                 }
-                ClaimWithInsert::Stored(stored) => return replay(stored, request),
-                // Committed after this statement's snapshot: the next one finds it.
-                ClaimWithInsert::Lost => continue,
             }
+            return Err(claim_attempts_exhausted(request));
         }
-        Err(ServiceError::Internal(format!(
-            "idempotency key for {} could be neither claimed nor read",
-            request.method
-        )))
-    }
 
-    async fn run<R, F>(
-        &self,
-        request: Option<&IdempotentRequest>,
-        order: ClaimOrder,
-        work: F,
-    ) -> Result<Executed<R>, ServiceError>
-    where
-        R: Message + Default,
-        F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<R, ServiceError>>,
-    {
-        let Some(request) = request else {
-            let txn = self.storage.begin_write().await?;
-            let response = work(&txn).await?;
-            txn.commit().await?;
-            return Ok(Executed::fresh(response, false));
-        };
-
-        let now = Timestamp::now();
-        let cutoff = now.minus(self.retention);
         if let Some(stored) = persistence::find_live(self.storage.reader(), request, cutoff).await?
             && stored.response.is_some()
         {
             return replay(stored, request);
         }
-
-        let mut work = Some(work);
         for _ in 0..CLAIM_ATTEMPTS {
             let txn = self.storage.begin_write().await?;
-            let claimed = match order {
-                ClaimOrder::BeforeWork => {
+            let claimed = match &write {
+                // Claim first, then work and store the response.
+                Write::Transaction(work) => {
                     if persistence::claim(&txn, request, None, now, cutoff).await? {
-                        let Some(work) = work.take() else { break };
-                        let response = work(&txn).await?;
+                        let response = respond(&work.run(&txn).await?);
                         persistence::save_response(&txn, request, response.encode_to_vec()).await?;
                         Some(response)
                     } else {
                         None
                     }
                 }
-                ClaimOrder::AfterWork => {
-                    let Some(work) = work.take() else { break };
-                    let response = work(&txn).await?;
+                // Insert, then claim with the response.
+                Write::Insert { row, output } => {
+                    let backend = self.storage.backend();
+                    txn.execute_raw(row.clone().insert_statement(backend))
+                        .await
+                        .during("insert row")?;
+                    let response = respond(output);
                     let bytes = response.encode_to_vec();
                     persistence::claim(&txn, request, Some(bytes), now, cutoff)
                         .await?
@@ -247,43 +213,73 @@ impl Idempotency {
                 }
             };
             if let Some(response) = claimed {
-                txn.commit().await?;
+                commit(txn).await?;
                 return Ok(Executed::fresh(response, true));
             }
             // A live row exists: it was committed before our claim returned (the claim waits
             // for an uncommitted one), so it is visible to the next statement. Whatever this
             // call wrote rolls back.
             let stored = persistence::find_live(&txn, request, cutoff).await?;
-            txn.rollback().await?;
+            txn.rollback().await.during("roll back")?;
             if let Some(stored) = stored {
                 return replay(stored, request);
             }
         }
-        Err(ServiceError::Internal(format!(
-            "idempotency key for {} could be neither claimed nor read",
-            request.method
-        )))
+        Err(claim_attempts_exhausted(request))
+    }
+
+    /// A write without a key: an insert alone is one autocommit statement; work runs in a
+    /// write transaction of its own.
+    async fn run_unkeyed<W: Work>(&self, write: Write<W>) -> Result<W::Output, ServiceError> {
+        match write {
+            Write::Insert { row, output } => {
+                let statement = row.insert_statement(self.storage.backend());
+                self.storage
+                    .writer()
+                    .execute_raw(statement)
+                    .await
+                    .during("insert row")?;
+                Ok(output)
+            }
+            Write::Transaction(work) => {
+                let txn = self.storage.begin_write().await?;
+                let output = work.run(&txn).await?;
+                commit(txn).await?;
+                Ok(output)
+            }
+        }
     }
 }
 
+async fn commit(txn: DatabaseTransaction) -> Result<(), ServiceError> {
+    Ok(txn.commit().await.during("commit")?)
+}
+
+fn claim_attempts_exhausted(request: &IdempotentRequest) -> ServiceError {
+    ServiceError::internal(format!(
+        "idempotency key for {} could be neither claimed nor read in {CLAIM_ATTEMPTS} attempts",
+        request.method
+    ))
+}
+
 fn replay<R: Message + Default>(
-    stored: persistence::StoredKey,
+    stored: StoredKey,
     request: &IdempotentRequest,
 ) -> Result<Executed<R>, ServiceError> {
     if stored.fingerprint != Some(request.fingerprint) {
         return Err(ServiceError::IdempotencyKeyReused);
     }
     let Some(bytes) = stored.response else {
-        return Err(ServiceError::Internal(format!(
+        return Err(ServiceError::internal(format!(
             "committed idempotency key for {} has no response",
             request.method
         )));
     };
     let response = R::decode(bytes.as_slice()).map_err(|err| {
-        ServiceError::Internal(format!(
-            "stored response for {} does not decode: {err}",
-            request.method
-        ))
+        ServiceError::internal_caused_by(
+            format!("stored response for {} does not decode", request.method),
+            err,
+        )
     })?;
     Ok(Executed {
         response,

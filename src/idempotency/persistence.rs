@@ -9,7 +9,7 @@ use sea_orm::{DatabaseTransaction, DbBackend, QuerySelect, Statement, TryInsertR
 
 use super::{IdempotentRequest, RequestFingerprint};
 use crate::domain::Timestamp;
-use crate::storage::NewRow;
+use crate::storage::{During, NewRow, StorageError, expect_one_row};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "idempotency_keys")]
@@ -44,7 +44,7 @@ pub async fn find_live<C: ConnectionTrait>(
     db: &C,
     request: &IdempotentRequest,
     cutoff: Timestamp,
-) -> Result<Option<StoredKey>, DbErr> {
+) -> Result<Option<StoredKey>, StorageError> {
     let row: Option<(Vec<u8>, Option<Vec<u8>>)> = Entity::find_by_id((
         request.caller.as_str().to_owned(),
         request.method.to_owned(),
@@ -55,7 +55,8 @@ pub async fn find_live<C: ConnectionTrait>(
     .filter(Column::CreatedAtUs.gte(cutoff.unix_micros()))
     .into_tuple()
     .one(db)
-    .await?;
+    .await
+    .during("find idempotency key")?;
     Ok(row.map(|(fingerprint, response)| StoredKey {
         fingerprint: RequestFingerprint::from_slice(&fingerprint),
         response,
@@ -73,7 +74,7 @@ pub async fn claim(
     response: Option<Vec<u8>>,
     now: Timestamp,
     cutoff: Timestamp,
-) -> Result<bool, DbErr> {
+) -> Result<bool, StorageError> {
     let row = ActiveModel {
         caller: Set(request.caller.as_str().to_owned()),
         method: Set(request.method.to_owned()),
@@ -90,7 +91,8 @@ pub async fn claim(
         .on_conflict(on_conflict)
         .try_insert()
         .exec_without_returning(txn)
-        .await?;
+        .await
+        .during("claim idempotency key")?;
     Ok(matches!(result, TryInsertResult::Inserted(n) if n > 0))
 }
 
@@ -99,19 +101,17 @@ pub async fn save_response(
     txn: &DatabaseTransaction,
     request: &IdempotentRequest,
     response: Vec<u8>,
-) -> Result<(), DbErr> {
+) -> Result<(), StorageError> {
+    const OPERATION: &str = "store idempotent response";
     let result = Entity::update_many()
         .col_expr(Column::Response, Expr::value(response))
         .filter(Column::Caller.eq(request.caller.as_str()))
         .filter(Column::Method.eq(request.method))
         .filter(Column::Key.eq(request.key.as_str()))
         .exec(txn)
-        .await?;
-    if result.rows_affected == 1 {
-        Ok(())
-    } else {
-        Err(DbErr::RecordNotUpdated)
-    }
+        .await
+        .during(OPERATION)?;
+    expect_one_row(result.rows_affected, OPERATION)
 }
 
 /// What [`claim_with_insert`] found.
@@ -137,7 +137,7 @@ pub async fn claim_with_insert<C: ConnectionTrait>(
     row: NewRow,
     now: Timestamp,
     cutoff: Timestamp,
-) -> Result<ClaimWithInsert, DbErr> {
+) -> Result<ClaimWithInsert, StorageError> {
     let sql = claim_with_insert_sql(&row);
     let mut values: Vec<Value> = vec![
         request.caller.as_str().into(),
@@ -150,15 +150,20 @@ pub async fn claim_with_insert<C: ConnectionTrait>(
     ];
     values.extend(row.into_values());
     let statement = Statement::from_sql_and_values(DbBackend::Postgres, sql, values);
-    let result = db
-        .query_one_raw(statement)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("the claim statement returned no row".into()))?;
-    if result.try_get::<bool>("", "claimed")? {
+    let read = async {
+        let result = db
+            .query_one_raw(statement)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("the claim statement returned no row".into()))?;
+        let claimed: bool = result.try_get("", "claimed")?;
+        let fingerprint: Option<Vec<u8>> = result.try_get("", "fingerprint")?;
+        let response: Option<Vec<u8>> = result.try_get("", "response")?;
+        Ok((claimed, fingerprint, response))
+    };
+    let (claimed, fingerprint, response) = read.await.during("claim idempotency key and insert")?;
+    if claimed {
         return Ok(ClaimWithInsert::Claimed);
     }
-    let fingerprint: Option<Vec<u8>> = result.try_get("", "fingerprint")?;
-    let response: Option<Vec<u8>> = result.try_get("", "response")?;
     Ok(match fingerprint {
         Some(fingerprint) => ClaimWithInsert::Stored(StoredKey {
             fingerprint: RequestFingerprint::from_slice(&fingerprint),

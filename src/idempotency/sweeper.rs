@@ -1,23 +1,23 @@
 //! Deletes idempotency keys past their retention, in bounded batches with a pause between
 //! them, so a sweep never holds a long lock or starves RPCs. Expired rows already behave as
-//! absent (see `find_live` and `claim`); sweeping only reclaims space.
+//! absent (see `find_live` and `claim`); sweeping only reclaims space. The caller schedules
+//! sweeps and records their reports (see `startup`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
-use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter};
-use tokio::sync::watch;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
+use super::Retention;
 use super::persistence::{Column, Entity};
 use crate::domain::Timestamp;
-use crate::metrics::Metrics;
-use crate::storage::Storage;
-use crate::ticker::Ticker;
+use crate::storage::{During, Storage, StorageError};
 
+/// How a sweep deletes expired keys.
 #[derive(Debug, Clone, Copy)]
 pub struct SweepSettings {
-    /// Keys created longer ago than this are deleted.
-    pub retention: Duration,
+    /// Keys older than this are deleted.
+    pub retention: Retention,
     /// Most rows one DELETE removes.
     pub batch_size: u64,
     /// Pause between two batches.
@@ -27,6 +27,7 @@ pub struct SweepSettings {
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
+    /// Expired keys deleted.
     pub rows_deleted: u64,
     /// DELETE statements that removed at least one row.
     pub batches: u32,
@@ -36,8 +37,8 @@ pub struct SweepReport {
 pub async fn sweep_expired(
     storage: &Storage,
     settings: SweepSettings,
-) -> Result<SweepReport, DbErr> {
-    let cutoff = Timestamp::now().minus(settings.retention).unix_micros();
+) -> Result<SweepReport, StorageError> {
+    let cutoff = settings.retention.cutoff(Timestamp::now()).unix_micros();
     let batch_size = Ord::max(settings.batch_size, 1);
     let mut report = SweepReport::default();
     loop {
@@ -60,7 +61,8 @@ pub async fn sweep_expired(
                 .in_subquery(batch),
             )
             .exec(storage.writer())
-            .await?
+            .await
+            .during("delete expired idempotency keys")?
             .rows_affected;
         if deleted > 0 {
             report.rows_deleted += deleted;
@@ -70,35 +72,5 @@ pub async fn sweep_expired(
             return Ok(report);
         }
         tokio::time::sleep(settings.batch_pause).await;
-    }
-}
-
-/// Sweeps every `interval` until `stop` turns true.
-pub async fn run_sweeper(
-    storage: Storage,
-    settings: SweepSettings,
-    interval: Duration,
-    metrics: std::sync::Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut ticker = Ticker::new(interval);
-    while ticker.tick_unless_stopped(&mut stop).await {
-        let started = Instant::now();
-        let result = tokio::select! {
-            result = sweep_expired(&storage, settings) => result,
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        };
-        match result {
-            Ok(report) => {
-                metrics.record_sweep(report, started.elapsed());
-                tracing::info!(
-                    rows_deleted = report.rows_deleted,
-                    batches = report.batches,
-                    duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    "idempotency keys swept"
-                );
-            }
-            Err(err) => tracing::warn!(error = %err, "idempotency key sweep failed; will retry"),
-        }
     }
 }

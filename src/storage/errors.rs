@@ -1,4 +1,47 @@
+//! Database errors at the storage boundary: each one names the operation that failed and keeps
+//! the database's error as its source, and is classified once (unavailable or not).
+
 use sea_orm::{DbErr, RuntimeErr, sqlx};
+
+/// A database operation that failed: which one, and why (the driver's error, kept as source).
+#[derive(Debug, thiserror::Error)]
+#[error("database operation `{operation}` failed")]
+pub struct StorageError {
+    /// What the service asked of the database, e.g. `find todo`.
+    pub operation: &'static str,
+    /// The driver's error.
+    #[source]
+    pub source: DbErr,
+}
+
+impl StorageError {
+    /// Whether the database was unreachable, overloaded or timed out (safe to retry).
+    pub fn is_unavailable(&self) -> bool {
+        is_unavailable(&self.source)
+    }
+}
+
+/// Names the operation of a database result: `query.await.during("find todo")?`.
+pub trait During<T> {
+    fn during(self, operation: &'static str) -> Result<T, StorageError>;
+}
+
+impl<T> During<T> for Result<T, DbErr> {
+    fn during(self, operation: &'static str) -> Result<T, StorageError> {
+        self.map_err(|source| StorageError { operation, source })
+    }
+}
+
+/// An UPDATE that had to change exactly one row: `rows_affected` other than 1 is an error.
+pub fn expect_one_row(rows_affected: u64, operation: &'static str) -> Result<(), StorageError> {
+    match rows_affected {
+        1 => Ok(()),
+        _ => Err(StorageError {
+            operation,
+            source: DbErr::RecordNotUpdated,
+        }),
+    }
+}
 
 /// Whether a database error means "the database is unreachable, overloaded or timed out"
 /// (UNAVAILABLE, safe to retry) rather than a bug (INTERNAL).
@@ -46,6 +89,18 @@ fn code_is_unavailable(code: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_storage_error_names_its_operation_and_keeps_its_source() {
+        let err: Result<(), _> = Err(DbErr::RecordNotUpdated);
+        let err = err.during("update todo").unwrap_err();
+        assert_eq!(err.to_string(), "database operation `update todo` failed");
+        let source = std::error::Error::source(&err).expect("the driver's error");
+        assert_eq!(source.to_string(), DbErr::RecordNotUpdated.to_string());
+        assert!(expect_one_row(1, "x").is_ok());
+        assert!(expect_one_row(0, "x").is_err());
+        assert!(expect_one_row(2, "x").is_err());
+    }
 
     #[test]
     fn connection_trouble_is_unavailable() {

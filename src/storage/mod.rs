@@ -16,7 +16,7 @@ use sea_orm::{
     DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
-pub use errors::is_unavailable;
+pub use errors::{During, StorageError, expect_one_row};
 pub use new_row::NewRow;
 pub use todos::{delete_todo, find_todo, find_todo_for_update, list_todos, todo_row, update_todo};
 
@@ -46,11 +46,13 @@ pub struct Storage {
 }
 
 impl Storage {
-    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, DbErr> {
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StorageError> {
         if settings.url.starts_with("sqlite:") {
-            Self::connect_sqlite(settings).await
+            Self::connect_sqlite(settings).await.during("connect")
         } else {
-            let db = Database::connect(postgres_options(settings)).await?;
+            let db = Database::connect(postgres_options(settings))
+                .await
+                .during("connect")?;
             Ok(Self {
                 reader: db.clone(),
                 writer: db,
@@ -116,28 +118,39 @@ impl Storage {
     }
 
     /// Starts a write transaction (on SQLite, `BEGIN IMMEDIATE` on the single writer).
-    pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction, StorageError> {
         let options = TransactionOptions {
             sqlite_transaction_mode: (self.backend == DbBackend::Sqlite)
                 .then_some(SqliteTransactionMode::Immediate),
             ..TransactionOptions::default()
         };
-        self.writer.begin_with_options(options).await
+        self.writer
+            .begin_with_options(options)
+            .await
+            .during("begin write transaction")
     }
 
     /// Applies every pending migration.
-    pub async fn migrate(&self) -> Result<(), DbErr> {
-        Migrator::up(&self.writer, None).await
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        Migrator::up(&self.writer, None)
+            .await
+            .during("apply migrations")
     }
 
     /// Whether the database answers.
-    pub async fn ping(&self) -> Result<(), DbErr> {
-        self.reader.execute_unprepared("SELECT 1").await.map(|_| ())
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.reader
+            .execute_unprepared("SELECT 1")
+            .await
+            .map(|_| ())
+            .during("ping")
     }
 
     /// The key that signs page tokens, created on first use and shared through the database.
-    pub async fn page_token_key(&self) -> Result<PageTokenKey, DbErr> {
-        settings::page_token_key(&self.writer).await
+    pub async fn page_token_key(&self) -> Result<PageTokenKey, StorageError> {
+        settings::page_token_key(&self.writer)
+            .await
+            .during("read or create the page token key")
     }
 
     pub async fn close(self) {

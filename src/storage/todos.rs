@@ -8,6 +8,7 @@ use sea_orm::{
 };
 
 use super::NewRow;
+use super::errors::{During, StorageError, expect_one_row};
 use super::todo_entity::{ActiveModel, Column, Entity, Model};
 use crate::domain::{Caller, ListQuery, Timestamp, Todo, TodoDescription, TodoId, TodoTitle};
 
@@ -59,13 +60,13 @@ pub async fn find_todo<C: ConnectionTrait>(
     db: &C,
     owner: &Caller,
     id: TodoId,
-) -> Result<Option<Todo>, DbErr> {
+) -> Result<Option<Todo>, StorageError> {
     Entity::find_by_id(id.as_uuid())
         .filter(Column::Owner.eq(owner.as_str()))
         .one(db)
-        .await?
-        .map(to_domain)
-        .transpose()
+        .await
+        .and_then(|model| model.map(to_domain).transpose())
+        .during("find todo")
 }
 
 /// Reads a todo and locks its row until the transaction ends (PostgreSQL `FOR UPDATE`; on
@@ -74,14 +75,14 @@ pub async fn find_todo_for_update(
     txn: &DatabaseTransaction,
     owner: &Caller,
     id: TodoId,
-) -> Result<Option<Todo>, DbErr> {
+) -> Result<Option<Todo>, StorageError> {
     Entity::find_by_id(id.as_uuid())
         .filter(Column::Owner.eq(owner.as_str()))
         .lock_exclusive()
         .one(txn)
-        .await?
-        .map(to_domain)
-        .transpose()
+        .await
+        .and_then(|model| model.map(to_domain).transpose())
+        .during("find todo for update")
 }
 
 /// Writes every mutable field of `todo` over the stored row.
@@ -89,7 +90,7 @@ pub async fn update_todo(
     txn: &DatabaseTransaction,
     owner: &Caller,
     todo: &Todo,
-) -> Result<(), DbErr> {
+) -> Result<(), StorageError> {
     let result = Entity::update_many()
         .col_expr(Column::Title, Expr::value(todo.title.as_str()))
         .col_expr(Column::Description, Expr::value(todo.description.as_str()))
@@ -102,12 +103,9 @@ pub async fn update_todo(
         .filter(Column::Id.eq(todo.id.as_uuid()))
         .filter(Column::Owner.eq(owner.as_str()))
         .exec(txn)
-        .await?;
-    if result.rows_affected == 1 {
-        Ok(())
-    } else {
-        Err(DbErr::RecordNotUpdated)
-    }
+        .await
+        .during("update todo")?;
+    expect_one_row(result.rows_affected, "update todo")
 }
 
 /// Deletes the todo; returns whether a row was deleted.
@@ -115,11 +113,12 @@ pub async fn delete_todo<C: ConnectionTrait>(
     db: &C,
     owner: &Caller,
     id: TodoId,
-) -> Result<bool, DbErr> {
+) -> Result<bool, StorageError> {
     let result = Entity::delete_by_id(id.as_uuid())
         .filter(Column::Owner.eq(owner.as_str()))
         .exec(db)
-        .await?;
+        .await
+        .during("delete todo")?;
     Ok(result.rows_affected > 0)
 }
 
@@ -129,7 +128,7 @@ pub async fn list_todos<C: ConnectionTrait>(
     db: &C,
     owner: &Caller,
     query: ListQuery,
-) -> Result<Vec<Todo>, DbErr> {
+) -> Result<Vec<Todo>, StorageError> {
     let mut select = Entity::find().filter(Column::Owner.eq(owner.as_str()));
     if let Some(completed) = query.filter.completed {
         select = select.filter(Column::Completed.eq(completed));
@@ -141,8 +140,7 @@ pub async fn list_todos<C: ConnectionTrait>(
         .order_by_asc(Column::Id)
         .limit(query.page_size.get() + 1)
         .all(db)
-        .await?
-        .into_iter()
-        .map(to_domain)
-        .collect()
+        .await
+        .and_then(|models| models.into_iter().map(to_domain).collect())
+        .during("list todos")
 }

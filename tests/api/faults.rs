@@ -14,115 +14,17 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use todo_service::TodoServiceClient;
 use todo_service::proto;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
-use tonic::transport::{Channel, Endpoint};
+use tokio::process::Command;
+use tonic::transport::Channel;
 use tonic::{Code, Response};
 
 use crate::helpers::{Backend, TestDatabase, is_replayed, keyed, new_todo};
+use crate::server_process::{ServerProcess, channel_to};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
-
-/// A `todo-server` process.
-pub struct ServerProcess {
-    child: Child,
-    pub addr: SocketAddr,
-    database_url: String,
-    extra: Vec<String>,
-}
-
-impl ServerProcess {
-    pub async fn start(database_url: &str, listen: &str, extra: &[&str]) -> Self {
-        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let (child, addr) = spawn_server(database_url, listen, &extra).await;
-        Self {
-            child,
-            addr,
-            database_url: database_url.to_owned(),
-            extra,
-        }
-    }
-
-    /// SIGKILL: no chance to finish anything.
-    pub async fn kill9(&mut self) {
-        let _ = self.child.kill().await;
-    }
-
-    /// SIGTERM, then wait for the exit.
-    pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        signal(&self.child, "-TERM").await;
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the server exits after SIGTERM")
-            .expect("wait for the server")
-    }
-
-    /// Starts the server again on the same address and database.
-    pub async fn restart(&mut self) {
-        let listen = self.addr.to_string();
-        let (child, addr) = spawn_server(&self.database_url, &listen, &self.extra).await;
-        self.child = child;
-        self.addr = addr;
-    }
-
-    pub fn channel(&self) -> Channel {
-        channel_to(self.addr)
-    }
-}
-
-async fn signal(child: &Child, signal: &str) {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .await;
-    }
-}
-
-async fn spawn_server(database_url: &str, listen: &str, extra: &[String]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_todo-server"))
-        .args(["--listen-addr", listen, "--metrics-enabled", "false"])
-        .args(["--database-url", database_url, "--log-format", "json"])
-        .args(["--db-timeout", "2s", "--health-check-interval", "200ms"])
-        .args(extra)
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn,todo_service::startup=info")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start todo-server");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("the server starts in time")
-            .expect("read the server's stdout")
-            .expect("the server is running");
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if json["message"] == "serving gRPC" {
-            break json["addr"]
-                .as_str()
-                .expect("addr")
-                .parse()
-                .expect("an address");
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
-fn channel_to(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a valid URI")
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy()
-}
 
 /// What a load run saw.
 #[derive(Default)]

@@ -182,6 +182,7 @@ async fn paging_never_skips_or_repeats_rows_during_writes(backend: Backend) {
         assert_eq!(times, 1, "{id} seen {times} times");
     }
     let mut unique = seen.clone();
+    unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), seen.len(), "no row repeated");
 }

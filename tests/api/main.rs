@@ -2,6 +2,7 @@
 //! SQLite and on PostgreSQL. See `helpers.rs`.
 
 mod helpers;
+mod server_process;
 
 mod create;
 mod database;

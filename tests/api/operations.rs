@@ -1,13 +1,13 @@
 //! What operators rely on: the expired-key sweeper (in-process and `todo-server sweep`),
 //! the Prometheus endpoint, and JSON logs.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use todo_service::idempotency::{SweepReport, SweepSettings, sweep_expired};
+use todo_service::idempotency::{
+    IdempotencyKey, Retention, SweepReport, SweepSettings, sweep_expired,
+};
 use todo_service::storage::{DatabaseSettings, Storage};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 
@@ -16,6 +16,7 @@ use crate::helpers::{
     Backend, TestDatabase, fresh_key, is_replayed, metric_value, new_todo, scrape, spawn_app,
     spawn_app_with,
 };
+use crate::server_process::ServerProcess;
 
 both_backends!(
     sweep_deletes_expired_keys_and_keeps_live_ones,
@@ -59,7 +60,7 @@ async fn sweep_day_old_keys(db: &TestDatabase) -> SweepReport {
     .await
     .unwrap();
     let settings = SweepSettings {
-        retention: DAY,
+        retention: Retention::new(DAY),
         batch_size: 10_000,
         batch_pause: Duration::from_millis(1),
     };
@@ -238,45 +239,8 @@ async fn metrics_endpoint_counts_real_calls(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_rpc_fields_and_never_the_key() {
     let db = Arc::new(TestDatabase::new(Backend::Sqlite).await);
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_todo-server"))
-        .args([
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--metrics-enabled",
-            "false",
-            "--database-url",
-            db.url.as_str(),
-            "--log-format",
-            "json",
-        ])
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let mut next_json = async || -> serde_json::Value {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("a log line in time")
-            .unwrap()
-            .expect("the server is still logging");
-        assert!(
-            !line.contains("secret-key-material"),
-            "the key leaked: {line}"
-        );
-        serde_json::from_str(&line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
-    };
-    let addr = loop {
-        let line = next_json().await;
-        if line["message"] == "serving gRPC" {
-            break line["addr"].as_str().unwrap().to_owned();
-        }
-    };
-    let client = todo_service::TodoServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut server = ServerProcess::start_logging(&db.url, "127.0.0.1:0", &[], "info").await;
+    let client = todo_service::TodoServiceClient::new(server.channel());
     let key = "secret-key-material-0001";
     let mut request = Request::new(new_todo("logged"));
     request
@@ -287,10 +251,17 @@ async fn json_logs_carry_rpc_fields_and_never_the_key() {
         .insert("x-request-id", MetadataValue::from_static("req-from-test"));
     client.clone().create_todo(request).await.unwrap();
 
+    let mut log = server.startup_log.clone();
     let finished = loop {
-        let line = next_json().await;
-        if line["message"] == "rpc finished" {
-            break line;
+        let line = server
+            .next_log_line(Duration::from_secs(10))
+            .await
+            .expect("the server logs the call");
+        log.push(line.clone());
+        let json: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+        if json["message"] == "rpc finished" {
+            break json;
         }
     };
     assert!(finished["timestamp"].is_string());
@@ -302,20 +273,16 @@ async fn json_logs_carry_rpc_fields_and_never_the_key() {
     assert_eq!(span["code"], "OK");
     assert_eq!(span["request_id"], "req-from-test");
     assert!(span["latency_ms"].as_f64().is_some());
-    let key_hash = span["key_hash"].as_str().unwrap();
-    assert_eq!(key_hash.len(), 12);
-    assert!(!key.contains(key_hash));
+    // The span names the key by its hash, and only by its hash.
+    let expected_hash = IdempotencyKey::parse(key).unwrap().log_hash();
+    assert_eq!(span["key_hash"], expected_hash.as_str());
 
-    let pid = server.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", pid.as_str()])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
-        .await
-        .expect("the server stops on SIGTERM")
-        .unwrap();
+    let status = server.terminate().await;
+    while let Some(line) = server.next_log_line(Duration::from_secs(1)).await {
+        log.push(line);
+    }
+    for line in &log {
+        assert!(!line.contains(key), "the key leaked: {line}");
+    }
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
 }

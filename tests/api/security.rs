@@ -22,6 +22,7 @@ use crate::helpers::{
     Backend, TestApp, TestDatabase, assert_invalid_field, fresh_key, is_replayed, metric_value,
     new_todo, replace, scrape, spawn_app_with, test_config,
 };
+use crate::server_process::ServerProcess;
 
 both_backends!(
     unauthenticated_calls_are_refused_and_consume_nothing,
@@ -622,35 +623,15 @@ async fn calls_per_connection_are_limited() {
 async fn tokens_never_reach_the_logs() {
     let db = TestDatabase::new(Backend::Sqlite).await;
     let tokens = tokens_file();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_todo-server"))
-        .args(["--listen-addr", "127.0.0.1:0", "--metrics-enabled", "false"])
-        .args(["--database-url", db.url.as_str(), "--log-format", "json"])
-        .arg("--tokens-file")
-        .arg(tokens.path())
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
-    let mut log = Vec::new();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-        log.push(line);
-        if json["message"] == "serving gRPC" {
-            break json["addr"].as_str().unwrap().to_owned();
-        }
-    };
-    let mut client = TodoServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let tokens_path = tokens.path().to_str().expect("a UTF-8 temporary path");
+    let mut server = ServerProcess::start_logging(
+        &db.url,
+        "127.0.0.1:0",
+        &["--tokens-file", tokens_path],
+        "debug",
+    )
+    .await;
+    let mut client = TodoServiceClient::new(server.channel());
     client
         .create_todo(authed(new_todo("with token"), Some(&bearer(ALICE)), None))
         .await
@@ -663,15 +644,10 @@ async fn tokens_never_reach_the_logs() {
         ))
         .await
         .unwrap_err();
-    let pid = server.id().unwrap().to_string();
-    tokio::process::Command::new("kill")
-        .args(["-TERM", pid.as_str()])
-        .status()
-        .await
-        .unwrap();
-    while let Ok(Ok(Some(line))) =
-        tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await
-    {
+    let mut log = server.startup_log.clone();
+    let status = server.terminate().await;
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    while let Some(line) = server.next_log_line(Duration::from_secs(1)).await {
         log.push(line);
     }
     let log = log.join("\n");

@@ -148,7 +148,12 @@ async fn graceful_shutdown_loses_nothing_acknowledged(backend: Backend) {
             tokio::spawn(async move { client.create_todo(request).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Stop as soon as the first call has been answered, with the others still in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !calls.iter().any(|call| call.is_finished()) {
+        assert!(std::time::Instant::now() < deadline, "no call was answered");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let db = Arc::clone(&app.db);
     app.stop().await;
 
@@ -158,6 +163,10 @@ async fn graceful_shutdown_loses_nothing_acknowledged(backend: Backend) {
             acknowledged.push(response.into_inner());
         }
     }
+    assert!(
+        !acknowledged.is_empty(),
+        "at least the call answered before the stop was acknowledged"
+    );
     // Every acknowledged todo survives the shutdown.
     let restarted = spawn_on(db, |_| {}).await;
     for todo in &acknowledged {
