@@ -39,7 +39,7 @@ pub use write::{InsertOnly, Work, Write};
 
 use crate::domain::{Caller, Timestamp};
 use crate::error::ServiceError;
-use crate::storage::{During, Storage};
+use crate::storage::{During, NewRow, Storage};
 use persistence::{ClaimWithInsert, StoredKey};
 
 /// A write call that carries an idempotency key: its scope (caller, method, key) and what the
@@ -155,32 +155,60 @@ impl Idempotency {
             let output = self.run_unkeyed(write).await?;
             return Ok(Executed::fresh(respond(&output), false));
         };
+        match write {
+            Write::Insert { row, output } if self.storage.backend() == DbBackend::Postgres => {
+                self.insert_in_one_statement(request, row, respond(&output))
+                    .await
+            }
+            write => self.run_keyed(request, write, respond).await,
+        }
+    }
+
+    /// PostgreSQL, an insert with a key: lookup, claim (with `response`) and insert in one
+    /// statement, again while the statement loses to a duplicate committed after it began.
+    async fn insert_in_one_statement<R: Message + Default>(
+        &self,
+        request: &IdempotentRequest,
+        row: NewRow,
+        response: R,
+    ) -> Result<Executed<R>, ServiceError> {
         let now = Timestamp::now();
         let cutoff = self.retention.cutoff(now);
-        if let Write::Insert { row, output } = &write
-            && self.storage.backend() == DbBackend::Postgres
-        {
-            let response = respond(output);
-            let bytes = response.encode_to_vec();
-            for _ in 0..CLAIM_ATTEMPTS {
-                let attempt = persistence::claim_with_insert(
-                    self.storage.writer(),
-                    request,
-                    bytes.clone(),
-                    row.clone(),
-                    now,
-                    cutoff,
-                );
-                match attempt.await? {
-                    ClaimWithInsert::Claimed => return Ok(Executed::fresh(response, true)),
-                    ClaimWithInsert::Stored(stored) => return replay(stored, request),
-                    // Committed after this statement's snapshot: the next one finds it.
-                    ClaimWithInsert::Lost => {}
-                }
+        let bytes = response.encode_to_vec();
+        for _ in 0..CLAIM_ATTEMPTS {
+            let attempt = persistence::claim_with_insert(
+                self.storage.writer(),
+                request,
+                bytes.clone(),
+                row.clone(),
+                now,
+                cutoff,
+            );
+            match attempt.await? {
+                ClaimWithInsert::Claimed => return Ok(Executed::fresh(response, true)),
+                ClaimWithInsert::Stored(stored) => return replay(stored, request),
+                // Committed after this statement's snapshot: the next one finds it.
+                ClaimWithInsert::Lost => {}
             }
-            return Err(claim_attempts_exhausted(request));
         }
+        Err(claim_attempts_exhausted(request))
+    }
 
+    /// Any other write with a key: a lookup (a replay is one read), then one write transaction
+    /// that claims the key and does the work (an insert claims after it, with the response;
+    /// other work claims before it and stores the response after).
+    async fn run_keyed<W, R>(
+        &self,
+        request: &IdempotentRequest,
+        write: Write<W>,
+        respond: impl Fn(&W::Output) -> R + Send,
+    ) -> Result<Executed<R>, ServiceError>
+    where
+        W: Work,
+        R: Message + Default,
+    {
+        let now = Timestamp::now();
+        let cutoff = self.retention.cutoff(now);
         if let Some(stored) = persistence::find_live(self.storage.reader(), request, cutoff).await?
             && stored.response.is_some()
         {
@@ -189,7 +217,6 @@ impl Idempotency {
         for _ in 0..CLAIM_ATTEMPTS {
             let txn = self.storage.begin_write().await?;
             let claimed = match &write {
-                // Claim first, then work and store the response.
                 Write::Transaction(work) => {
                     if persistence::claim(&txn, request, None, now, cutoff).await? {
                         let response = respond(&work.run(&txn).await?);
@@ -199,7 +226,6 @@ impl Idempotency {
                         None
                     }
                 }
-                // Insert, then claim with the response.
                 Write::Insert { row, output } => {
                     let backend = self.storage.backend();
                     txn.execute_raw(row.clone().insert_statement(backend))
