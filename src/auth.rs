@@ -39,14 +39,24 @@ pub enum TokensFileError {
     },
     #[error("tokens file line {line}: {reason}")]
     Line { line: usize, reason: String },
+    #[error(
+        "the tokens file {path} lists no callers: nobody could call the server (remove \
+         --tokens-file to serve anonymous callers on loopback)"
+    )]
+    NoCallers { path: String },
 }
 
 /// Why a request was not authenticated. The client sees UNAUTHENTICATED either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthError {
+    /// No `authorization` metadata while tokens are configured.
     Missing,
+    /// Not `Bearer <visible ASCII token>`.
     Malformed,
+    /// A token no caller has.
     Unknown,
+    /// Several `authorization` entries: which one counts would be a guess.
+    Several,
 }
 
 /// SHA-256 of a token, as the tokens file stores it.
@@ -55,12 +65,19 @@ pub fn hash_token(token: &str) -> String {
 }
 
 impl CallerTokens {
+    /// The callers of a tokens file; a file that names none is refused.
     pub fn load(path: &Path) -> Result<Self, TokensFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| TokensFileError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text)
+        let tokens = Self::parse(&text)?;
+        if tokens.is_empty() {
+            return Err(TokensFileError::NoCallers {
+                path: path.display().to_string(),
+            });
+        }
+        Ok(tokens)
     }
 
     pub fn parse(text: &str) -> Result<Self, TokensFileError> {
@@ -80,6 +97,12 @@ impl CallerTokens {
                 return Err(error("expected `<caller-id> <sha256-hex>`".to_owned()));
             };
             let caller = Caller::parse(caller).map_err(|why| error(format!("caller id {why}")))?;
+            if caller == Caller::anonymous() {
+                return Err(error(format!(
+                    "`{}` is the caller of unauthenticated servers; name the caller otherwise",
+                    caller.as_str()
+                )));
+            }
             let mut digest = [0u8; 32];
             hex::decode_to_slice(hash, &mut digest).map_err(|_| {
                 error("the hash must be 64 hex digits (SHA-256 of the token)".to_owned())
@@ -99,8 +122,8 @@ impl CallerTokens {
         self.entries.is_empty()
     }
 
-    /// The caller of a request, from its `authorization` metadata value (if any). Without
-    /// configured tokens everyone is anonymous. The token's hash is compared with every entry
+    /// The caller of a request, from its `authorization` metadata value (if any; the guard
+    /// refuses a request with several). Without configured tokens everyone is anonymous. The token's hash is compared with every entry
     /// in constant time, so timing reveals neither which entry nor how much of it matched.
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, AuthError> {
         if self.entries.is_empty() {
@@ -132,6 +155,22 @@ fn bearer_token(header: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tokens_file_without_callers_is_refused() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"# only a comment\n\n").unwrap();
+        let err = CallerTokens::load(file.path()).unwrap_err();
+        assert!(matches!(err, TokensFileError::NoCallers { .. }), "{err}");
+        assert!(err.to_string().contains("no callers"), "{err}");
+    }
+
+    #[test]
+    fn a_caller_named_anonymous_is_refused() {
+        let err = CallerTokens::parse(&format!("anonymous {}", hash_token("t"))).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+        assert!(err.to_string().contains("anonymous"), "{err}");
+    }
 
     fn tokens() -> CallerTokens {
         CallerTokens::parse(&format!(

@@ -1,14 +1,20 @@
 //! What every TodoService call passes before anything else runs: a bound on the metadata size,
-//! then authentication. The caller it finds travels to the handler in the request extensions.
+//! then authentication. It runs on the request headers, before the body (and any trailers) is
+//! read; what it found travels to the handler as [`Admitted`] in the request extensions, so that
+//! `authorization` and `idempotency-key` are only ever taken from headers. tonic merges request
+//! trailers into the metadata the handler sees, so the handler checks the size limit again, on
+//! headers and trailers together ([`admitted`]).
 
 use std::sync::Arc;
 
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::Interceptor;
-use tonic::{Request, Status};
+use tonic::{Extensions, Request, Status};
 
 use crate::auth::{AuthError, CallerTokens};
 use crate::domain::Caller;
 use crate::error::ServiceError;
+use crate::grpc::metadata::IDEMPOTENCY_KEY;
 use crate::metrics::Metrics;
 
 /// The TodoService interceptor.
@@ -36,52 +42,86 @@ impl RequestGuard {
     }
 }
 
-/// The size of a request's metadata as HTTP/2 counts it (name + value + 32 per entry).
-fn metadata_bytes<T>(request: &Request<T>) -> usize {
-    let headers: &http::HeaderMap = request.metadata().as_ref();
+/// What the guard found in a request's headers, for its handler.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// Who is calling.
+    pub caller: Caller,
+    /// The `idempotency-key` entries of the headers (a key in trailers is ignored).
+    pub idempotency_keys: Vec<AsciiMetadataValue>,
+    /// The metadata limit, for the second check on headers and trailers together.
+    max_metadata_bytes: usize,
+}
+
+/// The size of request metadata as HTTP/2 counts it (name + value + 32 per entry).
+fn metadata_bytes(metadata: &MetadataMap) -> usize {
+    let headers: &http::HeaderMap = metadata.as_ref();
     headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 32)
         .sum()
 }
 
+/// RESOURCE_EXHAUSTED if the request's metadata is over `limit` bytes.
+fn check_metadata_size(metadata: &MetadataMap, limit: usize) -> Result<(), ServiceError> {
+    let size = metadata_bytes(metadata);
+    if size > limit {
+        return Err(ServiceError::ResourceExhausted(format!(
+            "request metadata (headers and trailers) is {size} bytes; the limit is {limit}"
+        )));
+    }
+    Ok(())
+}
+
 impl Interceptor for RequestGuard {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let size = metadata_bytes(&request);
-        if size > self.max_metadata_bytes {
+        if let Err(err) = check_metadata_size(request.metadata(), self.max_metadata_bytes) {
             self.metrics.record_rejected("metadata_too_large");
-            return Err(ServiceError::ResourceExhausted(format!(
-                "request metadata is {size} bytes; the limit is {}",
-                self.max_metadata_bytes
-            ))
-            .into());
+            return Err(err.into());
         }
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .map(|value| value.as_bytes());
-        let caller = self.tokens.authenticate(authorization).map_err(|err| {
+        let mut authorizations = request.metadata().get_all("authorization").iter();
+        let authorization = authorizations.next().map(|value| value.as_bytes());
+        let several = authorizations.next().is_some();
+        let authenticated = if several {
+            Err(AuthError::Several)
+        } else {
+            self.tokens.authenticate(authorization)
+        };
+        let caller = authenticated.map_err(|err| {
             let why = match err {
                 AuthError::Missing => "missing `authorization: Bearer <token>` metadata",
                 AuthError::Malformed => "`authorization` metadata must be `Bearer <token>`",
                 AuthError::Unknown => "unknown token",
+                AuthError::Several => "`authorization` must be sent once; the request has several",
             };
             tracing::info!(reason = why, "unauthenticated call refused");
             self.metrics.record_rejected("unauthenticated");
             Status::from(ServiceError::Unauthenticated(why))
         })?;
-        request.extensions_mut().insert(caller);
+        let idempotency_keys = request
+            .metadata()
+            .get_all(IDEMPOTENCY_KEY)
+            .iter()
+            .cloned()
+            .collect();
+        request.extensions_mut().insert(Admitted {
+            caller,
+            idempotency_keys,
+            max_metadata_bytes: self.max_metadata_bytes,
+        });
         Ok(request)
     }
 }
 
-/// The caller the guard found for this request.
-pub fn caller<T>(request: &Request<T>) -> Result<Caller, ServiceError> {
-    request
-        .extensions()
-        .get::<Caller>()
+/// What the guard admitted for this request, once its metadata (headers and trailers, as the
+/// handler sees them) is within the limit too.
+pub fn admitted(metadata: &MetadataMap, extensions: &Extensions) -> Result<Admitted, ServiceError> {
+    let admitted = extensions
+        .get::<Admitted>()
         .cloned()
-        .ok_or_else(|| ServiceError::internal("request did not pass the RequestGuard"))
+        .ok_or_else(|| ServiceError::internal("request did not pass the RequestGuard"))?;
+    check_metadata_size(metadata, admitted.max_metadata_bytes)?;
+    Ok(admitted)
 }
 
 #[cfg(test)]
@@ -100,7 +140,12 @@ mod tests {
     #[test]
     fn anonymous_without_tokens() {
         let request = guard("").call(Request::new(())).unwrap();
-        assert_eq!(caller(&request).unwrap(), Caller::anonymous());
+        assert_eq!(
+            admitted(request.metadata(), request.extensions())
+                .unwrap()
+                .caller,
+            Caller::anonymous()
+        );
     }
 
     #[test]
@@ -112,7 +157,13 @@ mod tests {
         let request = guard(&format!("svc {}", hash_token("t0k3n")))
             .call(request)
             .unwrap();
-        assert_eq!(caller(&request).unwrap().as_str(), "svc");
+        assert_eq!(
+            admitted(request.metadata(), request.extensions())
+                .unwrap()
+                .caller
+                .as_str(),
+            "svc"
+        );
     }
 
     #[test]
@@ -121,6 +172,43 @@ mod tests {
             .call(Request::new(()))
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn two_authorization_entries_are_unauthenticated_even_if_one_is_valid() {
+        for tokens in [format!("svc {}", hash_token("t0k3n")), String::new()] {
+            let mut request = Request::new(());
+            request
+                .metadata_mut()
+                .append("authorization", "Bearer t0k3n".parse().unwrap());
+            request
+                .metadata_mut()
+                .append("authorization", "Bearer t0k3n".parse().unwrap());
+            let status = guard(&tokens).call(request).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{tokens:?}");
+            assert!(status.message().contains("once"), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn the_handler_sees_only_the_keys_of_the_headers_and_checks_the_size_again() {
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert(IDEMPOTENCY_KEY, "from-headers".parse().unwrap());
+        let mut request = guard("").call(request).unwrap();
+        // What tonic does with request trailers: merges them into the metadata.
+        request
+            .metadata_mut()
+            .append(IDEMPOTENCY_KEY, "from-trailers".parse().unwrap());
+        let admitted = super::admitted(request.metadata(), request.extensions()).unwrap();
+        assert_eq!(admitted.idempotency_keys, vec!["from-headers"]);
+
+        request
+            .metadata_mut()
+            .insert("x-big-trailer", "x".repeat(2000).parse().unwrap());
+        let err = super::admitted(request.metadata(), request.extensions()).unwrap_err();
+        assert!(matches!(err, ServiceError::ResourceExhausted(_)), "{err}");
     }
 
     #[test]

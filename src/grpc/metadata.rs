@@ -1,6 +1,8 @@
 //! Request and response metadata of the idempotency protocol.
 
-use tonic::metadata::{MetadataMap, MetadataValue};
+use std::time::Duration;
+
+use tonic::metadata::{AsciiMetadataValue, MetadataMap, MetadataValue};
 
 use crate::error::ServiceError;
 use crate::idempotency::IdempotencyKey;
@@ -10,10 +12,13 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Response header (initial metadata) set to `true` on a replayed response.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
-/// The request's idempotency key, if it has one. Several keys, or one that is not 1 to 255
-/// visible ASCII characters, are INVALID_ARGUMENT.
-pub fn idempotency_key(metadata: &MetadataMap) -> Result<Option<IdempotencyKey>, ServiceError> {
-    let mut values = metadata.get_all(IDEMPOTENCY_KEY).iter();
+/// The request's idempotency key, from the `idempotency-key` entries of its headers, if it has
+/// one. Several keys, or one that is not 1 to 255 visible ASCII characters, are
+/// INVALID_ARGUMENT.
+pub fn idempotency_key(
+    entries: &[AsciiMetadataValue],
+) -> Result<Option<IdempotencyKey>, ServiceError> {
+    let mut values = entries.iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
@@ -43,6 +48,26 @@ pub fn request_id(metadata: &MetadataMap) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
 }
 
+/// The client's deadline for the call, from `grpc-timeout` (`<1 to 8 digits><H|M|S|m|u|n>`),
+/// if it sent a valid one.
+pub fn client_deadline(metadata: &MetadataMap) -> Option<Duration> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at_checked(text.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.checked_mul(3600)?),
+        "M" => Duration::from_secs(value.checked_mul(60)?),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
 /// Marks a response as replayed.
 pub fn mark_replayed(metadata: &mut MetadataMap) {
     metadata.insert(IDEMPOTENT_REPLAYED, MetadataValue::from_static("true"));
@@ -52,26 +77,25 @@ pub fn mark_replayed(metadata: &mut MetadataMap) {
 mod tests {
     use super::*;
 
+    fn entries(values: &[&str]) -> Vec<AsciiMetadataValue> {
+        values.iter().map(|value| value.parse().unwrap()).collect()
+    }
+
     #[test]
     fn absent_key_is_none() {
-        assert_eq!(idempotency_key(&MetadataMap::new()).unwrap(), None);
+        assert_eq!(idempotency_key(&[]).unwrap(), None);
     }
 
     #[test]
     fn one_valid_key_is_parsed() {
-        let mut metadata = MetadataMap::new();
-        metadata.insert(IDEMPOTENCY_KEY, "abc-123".parse().unwrap());
-        let key = idempotency_key(&metadata).unwrap().unwrap();
+        let key = idempotency_key(&entries(&["abc-123"])).unwrap().unwrap();
         assert_eq!(key.as_str(), "abc-123");
     }
 
     #[test]
     fn several_keys_are_invalid() {
-        let mut metadata = MetadataMap::new();
-        metadata.append(IDEMPOTENCY_KEY, "a".parse().unwrap());
-        metadata.append(IDEMPOTENCY_KEY, "a".parse().unwrap());
         assert!(matches!(
-            idempotency_key(&metadata),
+            idempotency_key(&entries(&["a", "a"])),
             Err(ServiceError::InvalidArgument(_))
         ));
     }
@@ -87,9 +111,27 @@ mod tests {
     }
 
     #[test]
+    fn client_deadlines_are_read_from_grpc_timeout() {
+        let deadline = |value: &str| {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            client_deadline(&metadata)
+        };
+        assert_eq!(deadline("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(deadline("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(deadline("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            deadline("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for invalid in ["", "m", "123456789m", "10x", "-1S", "1.5S", "+1S"] {
+            assert_eq!(deadline(invalid), None, "{invalid:?}");
+        }
+        assert_eq!(client_deadline(&MetadataMap::new()), None);
+    }
+
+    #[test]
     fn key_with_space_is_invalid() {
-        let mut metadata = MetadataMap::new();
-        metadata.insert(IDEMPOTENCY_KEY, "a b".parse().unwrap());
-        assert!(idempotency_key(&metadata).is_err());
+        assert!(idempotency_key(&entries(&["a b"])).is_err());
     }
 }

@@ -9,7 +9,8 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, field};
 
-use super::{convert, guard, metadata};
+use super::guard::{self, Admitted};
+use super::{convert, metadata};
 use crate::domain::{Caller, PageTokenKey};
 use crate::error::ServiceError;
 use crate::idempotency::{
@@ -48,6 +49,9 @@ const LIST_TODOS: Rpc = rpc!("ListTodos", stores_keys: false);
 const UPDATE_TODO: Rpc = rpc!("UpdateTodo", stores_keys: true);
 const DELETE_TODO: Rpc = rpc!("DeleteTodo", stores_keys: false);
 
+/// How much earlier than the client's deadline a call is ended (see [`TodoApi::observe`]).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
 /// The gRPC face of the service.
 #[derive(Debug, Clone)]
 pub struct TodoApi {
@@ -80,16 +84,26 @@ impl TodoApi {
         }
     }
 
-    /// Runs one RPC, for at most `--request-timeout` (then DEADLINE_EXCEEDED; dropping the
-    /// call rolls its transaction back), inside a span that records method, request id,
-    /// outcome (fresh / replayed / mismatch / error), status code and latency; counts it in the
-    /// metrics; and turns its result into a gRPC response.
+    /// Runs one RPC, for at most `--request-timeout` or the client's deadline (`grpc-timeout`),
+    /// whichever is shorter (then DEADLINE_EXCEEDED; dropping the call rolls its transaction
+    /// back), inside a span that records method, request id, outcome (fresh / replayed /
+    /// mismatch / error), status code and latency; counts it in the metrics; and turns its
+    /// result into a gRPC response.
     async fn observe<R>(
         &self,
         rpc: Rpc,
-        request_id: String,
+        metadata: &MetadataMap,
         call: impl Future<Output = Result<Executed<R>, ServiceError>>,
     ) -> Result<Response<R>, Status> {
+        let request_id = metadata::request_id(metadata);
+        let time_limit = match metadata::client_deadline(metadata) {
+            // tonic's own timer for `grpc-timeout` started a moment before this one and would
+            // answer CANCELLED: end the call first, by a margin above the timer's resolution.
+            Some(deadline) => self
+                .request_timeout
+                .min(deadline.saturating_sub(DEADLINE_MARGIN)),
+            None => self.request_timeout,
+        };
         let span = tracing::info_span!(
             "rpc",
             method = rpc.name,
@@ -101,7 +115,7 @@ impl TodoApi {
         );
         async move {
             let started = Instant::now();
-            let result = tokio::time::timeout(self.request_timeout, call)
+            let result = tokio::time::timeout(time_limit, call)
                 .await
                 .unwrap_or(Err(ServiceError::DeadlineExceeded));
             let latency = started.elapsed();
@@ -154,11 +168,11 @@ impl TodoApi {
         W: Work,
         R: prost::Message + Default,
     {
-        let request_id = metadata::request_id(request.metadata());
-        self.observe(rpc, request_id, async {
-            let key = idempotency_key(request.metadata())?;
-            let caller = guard::caller(&request)?;
-            let message = request.into_inner();
+        let (metadata, extensions, message) = request.into_parts();
+        self.observe(rpc, &metadata, async {
+            let admitted = guard::admitted(&metadata, &extensions)?;
+            let key = idempotency_key(&admitted)?;
+            let caller = admitted.caller;
             let parsed = parse(&message)?;
             let keyed = key
                 .filter(|_| rpc.stores_keys)
@@ -192,9 +206,9 @@ fn idempotent_outcome<R>(result: &Result<Executed<R>, ServiceError>) -> Option<I
     }
 }
 
-/// The request's idempotency key, recorded in the span as a short hash.
-fn idempotency_key(metadata: &MetadataMap) -> Result<Option<IdempotencyKey>, ServiceError> {
-    let key = metadata::idempotency_key(metadata)?;
+/// The request's idempotency key (from its headers), recorded in the span as a short hash.
+fn idempotency_key(admitted: &Admitted) -> Result<Option<IdempotencyKey>, ServiceError> {
+    let key = metadata::idempotency_key(&admitted.idempotency_keys)?;
     if let Some(key) = &key {
         tracing::Span::current().record("key_hash", key.log_hash());
     }
@@ -221,8 +235,8 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::GetTodoRequest>,
     ) -> Result<Response<proto::Todo>, Status> {
-        self.observe(GET_TODO, metadata::request_id(request.metadata()), async {
-            let caller = guard::caller(&request)?;
+        self.observe(GET_TODO, request.metadata(), async {
+            let caller = guard::admitted(request.metadata(), request.extensions())?.caller;
             let id = convert::todo_id("id", &request.get_ref().id)?;
             let todo = todos::get(&self.storage, &caller, id).await?;
             Ok(Executed::fresh(convert::todo(&todo), false))
@@ -234,22 +248,18 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::ListTodosRequest>,
     ) -> Result<Response<proto::ListTodosResponse>, Status> {
-        self.observe(
-            LIST_TODOS,
-            metadata::request_id(request.metadata()),
-            async {
-                let caller = guard::caller(&request)?;
-                let query = convert::list_query(request.get_ref(), &self.page_token_key, &caller)?;
-                let page = todos::list(&self.storage, &caller, &self.page_token_key, query).await?;
-                Ok(Executed::fresh(
-                    proto::ListTodosResponse {
-                        todos: page.todos.iter().map(convert::todo).collect(),
-                        next_page_token: page.next_page_token.unwrap_or_default(),
-                    },
-                    false,
-                ))
-            },
-        )
+        self.observe(LIST_TODOS, request.metadata(), async {
+            let caller = guard::admitted(request.metadata(), request.extensions())?.caller;
+            let query = convert::list_query(request.get_ref(), &self.page_token_key, &caller)?;
+            let page = todos::list(&self.storage, &caller, &self.page_token_key, query).await?;
+            Ok(Executed::fresh(
+                proto::ListTodosResponse {
+                    todos: page.todos.iter().map(convert::todo).collect(),
+                    next_page_token: page.next_page_token.unwrap_or_default(),
+                },
+                false,
+            ))
+        })
         .await
     }
 

@@ -2,6 +2,7 @@
 //! SQLite and on PostgreSQL. See `helpers.rs`.
 
 mod helpers;
+mod raw_grpc;
 mod server_process;
 
 mod create;
@@ -9,6 +10,7 @@ mod database;
 mod delete;
 mod faults;
 mod get;
+mod hardening;
 mod idempotency;
 mod list;
 mod operations;
