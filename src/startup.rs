@@ -15,6 +15,7 @@ use crate::auth::{CallerTokens, TokensFileError};
 use crate::config::Config;
 use crate::error::Chain;
 use crate::grpc::TodoApi;
+use crate::grpc::edge::EdgeLayer;
 use crate::grpc::guard::RequestGuard;
 use crate::grpc::limits::limit_request_bodies;
 use crate::health::report_health;
@@ -266,6 +267,7 @@ impl Application {
         let served = builder
             .concurrency_limit_per_connection(limits.max_concurrent_calls_per_connection)
             .http2_max_header_list_size(header_list_limit)
+            .layer(EdgeLayer::new(Arc::clone(&self.metrics)))
             .layer(tower::util::MapRequestLayer::new(limit_request_bodies(
                 limits.max_request_bytes,
             )))

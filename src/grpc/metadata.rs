@@ -41,7 +41,12 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 /// The caller's `x-request-id` if it is short visible ASCII, else a new UUIDv7.
 pub fn request_id(metadata: &MetadataMap) -> String {
-    metadata
+    request_id_from_headers(metadata.as_ref())
+}
+
+/// [`request_id`], from the HTTP/2 request headers.
+pub fn request_id_from_headers(headers: &http::HeaderMap) -> String {
+    headers
         .get(REQUEST_ID)
         .and_then(|value| value.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))

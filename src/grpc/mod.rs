@@ -1,7 +1,10 @@
 //! The gRPC transport: the TodoService handlers, proto <-> domain conversion, the idempotency
-//! metadata, and the guards every call passes first (size limits, authentication).
+//! metadata, the guards every call passes first (size limits, authentication), and the edge
+//! layer that gives calls ending before their handler a deliberate status, a log line and a
+//! count.
 
 mod convert;
+pub mod edge;
 pub mod guard;
 pub mod limits;
 pub mod metadata;

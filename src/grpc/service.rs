@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status};
+use tonic::{Extensions, Request, Response, Status};
 use tracing::{Instrument, field};
 
+use super::edge::HandlerRan;
 use super::guard::{self, Admitted};
 use super::{convert, metadata};
 use crate::domain::{Caller, PageTokenKey};
@@ -93,8 +94,13 @@ impl TodoApi {
         &self,
         rpc: Rpc,
         metadata: &MetadataMap,
+        extensions: &Extensions,
         call: impl Future<Output = Result<Executed<R>, ServiceError>>,
     ) -> Result<Response<R>, Status> {
+        // Logged and counted here, not again by the edge layer.
+        if let Some(handler_ran) = extensions.get::<HandlerRan>() {
+            handler_ran.mark();
+        }
         let request_id = metadata::request_id(metadata);
         let time_limit = match metadata::client_deadline(metadata) {
             // tonic's own timer for `grpc-timeout` started a moment before this one and would
@@ -169,7 +175,7 @@ impl TodoApi {
         R: prost::Message + Default,
     {
         let (metadata, extensions, message) = request.into_parts();
-        self.observe(rpc, &metadata, async {
+        self.observe(rpc, &metadata, &extensions, async {
             let admitted = guard::admitted(&metadata, &extensions)?;
             let key = idempotency_key(&admitted)?;
             let caller = admitted.caller;
@@ -235,7 +241,7 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::GetTodoRequest>,
     ) -> Result<Response<proto::Todo>, Status> {
-        self.observe(GET_TODO, request.metadata(), async {
+        self.observe(GET_TODO, request.metadata(), request.extensions(), async {
             let caller = guard::admitted(request.metadata(), request.extensions())?.caller;
             let id = convert::todo_id("id", &request.get_ref().id)?;
             let todo = todos::get(&self.storage, &caller, id).await?;
@@ -248,18 +254,23 @@ impl TodoService for TodoApi {
         &self,
         request: Request<proto::ListTodosRequest>,
     ) -> Result<Response<proto::ListTodosResponse>, Status> {
-        self.observe(LIST_TODOS, request.metadata(), async {
-            let caller = guard::admitted(request.metadata(), request.extensions())?.caller;
-            let query = convert::list_query(request.get_ref(), &self.page_token_key, &caller)?;
-            let page = todos::list(&self.storage, &caller, &self.page_token_key, query).await?;
-            Ok(Executed::fresh(
-                proto::ListTodosResponse {
-                    todos: page.todos.iter().map(convert::todo).collect(),
-                    next_page_token: page.next_page_token.unwrap_or_default(),
-                },
-                false,
-            ))
-        })
+        self.observe(
+            LIST_TODOS,
+            request.metadata(),
+            request.extensions(),
+            async {
+                let caller = guard::admitted(request.metadata(), request.extensions())?.caller;
+                let query = convert::list_query(request.get_ref(), &self.page_token_key, &caller)?;
+                let page = todos::list(&self.storage, &caller, &self.page_token_key, query).await?;
+                Ok(Executed::fresh(
+                    proto::ListTodosResponse {
+                        todos: page.todos.iter().map(convert::todo).collect(),
+                        next_page_token: page.next_page_token.unwrap_or_default(),
+                    },
+                    false,
+                ))
+            },
+        )
         .await
     }
 

@@ -8,6 +8,7 @@ use todo_service::proto;
 use todo_service::startup::{Application, StartupError};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
+use tonic_types::StatusExt;
 
 use crate::both_backends;
 use crate::helpers::{
@@ -15,6 +16,7 @@ use crate::helpers::{
     test_config,
 };
 use crate::raw_grpc::RawConnection;
+use crate::server_process::ServerProcess;
 
 both_backends!(
     an_idempotency_key_in_trailers_is_ignored_and_trailers_count_in_the_limit,
@@ -186,4 +188,118 @@ async fn a_tokens_file_that_names_no_caller_or_anonymous_is_refused_at_start_up(
         let chain = todo_service::error::Chain(&err).to_string();
         assert!(chain.contains(expected), "{chain}");
     }
+}
+
+/// Request bodies that do not decode as a CreateTodoRequest, and the field each names (if the
+/// decoder knows it).
+fn undecodable_bodies() -> Vec<(&'static str, bytes::Bytes, Option<&'static str>)> {
+    use crate::raw_grpc::frame;
+    // Field 15 as a group start (wire type 3) nested 120 deep, past prost's limit of 100.
+    let mut deep = vec![0x7b_u8; 120];
+    deep.extend(std::iter::repeat_n(0x7c_u8, 120));
+    vec![
+        // CreateTodoRequest { todo: Todo { title: 0xFF } }: not UTF-8.
+        (
+            "invalid UTF-8",
+            frame(&[0x0a, 0x03, 0x12, 0x01, 0xff]),
+            Some("todo.title"),
+        ),
+        // Field 1 (a message) sent as a varint.
+        ("wrong wire type", frame(&[0x08, 0x01]), None),
+        // Field 1 claims 5 bytes and has none.
+        ("truncated", frame(&[0x0a, 0x05]), None),
+        ("nested too deep", frame(&deep), None),
+        // A unary call whose body ends before any message.
+        ("no message", bytes::Bytes::new(), None),
+    ]
+}
+
+/// Contract (Edges): a request that does not decode is INVALID_ARGUMENT (BadRequest where the
+/// field is known), never INTERNAL with decoder text; a unary call without a request message
+/// is INVALID_ARGUMENT; both are counted like every other call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_do_not_decode_are_invalid_argument_and_counted() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut raw = RawConnection::open(app.addr).await;
+    let bodies = undecodable_bodies();
+    for (case, body, field) in &bodies {
+        let response = raw.call_bytes(CREATE, &[], body.clone(), &[]).await;
+        assert_eq!(
+            response.status,
+            Code::InvalidArgument,
+            "{case}: {response:?}"
+        );
+        for internals in [
+            "decode Protobuf",
+            "UTF-8",
+            "wire type",
+            "recursion",
+            "Missing",
+        ] {
+            assert!(
+                !response.message.contains(internals),
+                "{case}: {response:?}"
+            );
+        }
+        let status = tonic::Status::from_header_map(&response.headers).expect("a status");
+        let named: Vec<String> = status
+            .get_details_bad_request()
+            .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+            .unwrap_or_default();
+        match field {
+            Some(field) => assert_eq!(named, vec![(*field).to_owned()], "{case}"),
+            None => assert!(named.iter().all(|name| !name.is_empty()), "{case}"),
+        }
+    }
+    let text = scrape(&app).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "todo_grpc_requests_total{method=\"CreateTodo\",code=\"INVALID_ARGUMENT\"}"
+        ),
+        bodies.len() as f64,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "todo_grpc_requests_total{method=\"CreateTodo\",code=\"INTERNAL\"}"
+        ),
+        0.0
+    );
+    assert_eq!(app.todo_count().await, 0);
+}
+
+/// The same calls each get an `rpc finished` log line with their status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_do_not_decode_are_logged() {
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let mut server = ServerProcess::start_logging(&db.url, "127.0.0.1:0", &[], "info").await;
+    let mut raw = RawConnection::open(server.addr).await;
+    let bodies = undecodable_bodies();
+    for (_, body, _) in &bodies {
+        raw.call_bytes(
+            CREATE,
+            &[("x-request-id", "undecodable")],
+            body.clone(),
+            &[],
+        )
+        .await;
+    }
+    let mut logged = 0;
+    while logged < bodies.len() {
+        let line = server
+            .next_log_line(std::time::Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{logged} of {} calls logged", bodies.len()));
+        let json: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        if json["message"] == "rpc finished" {
+            let span = &json["span"];
+            assert_eq!(span["method"], "CreateTodo", "{line}");
+            assert_eq!(span["code"], "INVALID_ARGUMENT", "{line}");
+            assert_eq!(span["request_id"], "undecodable", "{line}");
+            logged += 1;
+        }
+    }
+    assert!(server.terminate().await.success());
 }
