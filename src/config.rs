@@ -36,6 +36,12 @@ pub enum Command {
     HashToken,
 }
 
+/// `--idempotency-retention`: a duration (`humantime`) of at least the floor.
+fn parse_retention(text: &str) -> Result<Retention, String> {
+    let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    Retention::new(duration)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -64,10 +70,18 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// How long an idempotency key is remembered (e.g. `24h`, `90m`). A key older than this
-    /// behaves as new.
-    #[arg(long, env = "TODO_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
-    pub idempotency_retention: Duration,
+    /// How long an idempotency key is remembered (e.g. `24h`, `90m`; at least `1m`). A key
+    /// older than this behaves as new. ONE value for the whole key table, stored in the
+    /// database: the first server stores it (default 24h); later servers use the stored value,
+    /// and one given another value refuses to start unless --change-idempotency-retention.
+    #[arg(long, env = "TODO_IDEMPOTENCY_RETENTION", value_parser = parse_retention, global = true)]
+    pub idempotency_retention: Option<Retention>,
+
+    /// Store --idempotency-retention as the retention of every replica on this database (they
+    /// pick it up within their --health-check-interval). After a shortening the sweeper keeps
+    /// the old value for as long as the old value.
+    #[arg(long, env = "TODO_CHANGE_IDEMPOTENCY_RETENTION", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", requires = "idempotency_retention", global = true)]
+    pub change_idempotency_retention: bool,
 
     /// Most database connections in the pool (on SQLite: readers; writes use one connection).
     #[arg(long, env = "TODO_DB_POOL_SIZE", default_value_t = 10, global = true)]
@@ -180,13 +194,8 @@ impl Config {
         }
     }
 
-    pub fn retention(&self) -> Retention {
-        Retention::new(self.idempotency_retention)
-    }
-
     pub fn sweep(&self) -> SweepSettings {
         SweepSettings {
-            retention: self.retention(),
             batch_size: self.sweep_batch_size,
             batch_pause: self.sweep_batch_pause,
         }
@@ -203,7 +212,11 @@ mod tests {
         assert_eq!(cli.command, None);
         let config = cli.config;
         assert_eq!(config.listen_addr, "127.0.0.1:50051".parse().unwrap());
-        assert_eq!(config.idempotency_retention, Duration::from_secs(24 * 3600));
+        assert_eq!(
+            config.idempotency_retention, None,
+            "the stored value, else 24h"
+        );
+        assert!(!config.change_idempotency_retention);
         assert!(config.run_migrations);
         assert_eq!(config.sweep_batch_size, 10_000);
         assert_eq!(config.sweep_interval, Duration::from_secs(300));
@@ -215,6 +228,20 @@ mod tests {
         assert_eq!(config.tokens_file, None);
         assert!(!config.allow_anonymous_non_loopback);
         assert_eq!(config.max_request_bytes, 65_536);
+    }
+
+    #[test]
+    fn a_retention_under_one_minute_is_refused() {
+        for value in ["0s", "59s", "500ms"] {
+            let err = Cli::try_parse_from(["todo-server", "--idempotency-retention", value])
+                .expect_err(value);
+            assert!(err.to_string().contains("at least 1m"), "{value}: {err}");
+        }
+        assert!(Cli::try_parse_from(["todo-server", "--idempotency-retention", "1m"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["todo-server", "--change-idempotency-retention"]).is_err(),
+            "a change needs a value"
+        );
     }
 
     #[test]
@@ -251,7 +278,7 @@ mod tests {
         assert_eq!(cli.config.listen_addr.port(), 0);
         assert_eq!(
             cli.config.idempotency_retention,
-            Duration::from_secs(90 * 60)
+            Some(Retention::new(Duration::from_secs(90 * 60)).unwrap())
         );
         assert!(!cli.config.run_migrations);
         assert_eq!(cli.config.log_format, LogFormat::Json);

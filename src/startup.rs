@@ -19,7 +19,10 @@ use crate::grpc::edge::EdgeLayer;
 use crate::grpc::guard::RequestGuard;
 use crate::grpc::limits::limit_request_bodies;
 use crate::health::report_health;
-use crate::idempotency::{Idempotency, SweepReport, SweepSettings, sweep_expired};
+use crate::idempotency::{
+    CurrentRetention, Idempotency, RetentionError, StoredRetention, SweepReport, SweepSettings,
+    resolve_retention, sweep_expired,
+};
 use crate::metrics::{self, Metrics};
 use crate::proto::{self, todo_service_server::TodoServiceServer};
 use crate::storage::{Storage, StorageError};
@@ -42,6 +45,8 @@ pub enum StartupError {
     Serve(#[from] tonic::transport::Error),
     #[error("cannot load the tokens file")]
     Tokens(#[from] TokensFileError),
+    #[error("cannot use the idempotency retention")]
+    Retention(#[from] RetentionError),
     #[error(
         "refusing to serve anonymous callers on the non-loopback address {0}: configure \
          --tokens-file (TODO_TOKENS_FILE), or pass --allow-anonymous-non-loopback if this \
@@ -115,8 +120,11 @@ pub struct Application {
     api: TodoApi,
     /// How calls are guarded and bounded.
     limits: Limits,
-    /// How often the health service checks the database.
+    /// How often the health service checks the database (and the shared retention is read
+    /// again).
     health_check_interval: Duration,
+    /// The retention this server honours, kept in step with the database.
+    retention: CurrentRetention,
     /// The in-process key sweeper, unless `--sweep-enabled false`.
     sweeper: Option<SweeperSchedule>,
 }
@@ -137,9 +145,23 @@ async fn open_storage(config: &Config) -> Result<Storage, StartupError> {
     Ok(storage)
 }
 
+/// The retention every replica on the database shares (see `idempotency/retention.rs`).
+async fn shared_retention(
+    storage: &Storage,
+    config: &Config,
+) -> Result<StoredRetention, StartupError> {
+    Ok(resolve_retention(
+        storage,
+        config.idempotency_retention,
+        config.change_idempotency_retention,
+    )
+    .await?)
+}
+
 /// `todo-server sweep`: deletes the expired idempotency keys once.
 pub async fn sweep_once(config: &Config) -> Result<SweepReport, StartupError> {
     let storage = open_storage(config).await?;
+    shared_retention(&storage, config).await?;
     let report = sweep_expired(&storage, config.sweep()).await;
     storage.close().await;
     Ok(report?)
@@ -167,7 +189,8 @@ impl Application {
         let storage = open_storage(config).await?;
         let page_token_key = storage.page_token_key().await?;
         let metrics = Arc::new(Metrics::new());
-        let idempotency = Idempotency::new(storage.clone(), config.retention());
+        let retention = CurrentRetention::new(shared_retention(&storage, config).await?.current);
+        let idempotency = Idempotency::new(storage.clone(), retention.clone());
         let api = TodoApi::new(
             storage.clone(),
             idempotency,
@@ -190,6 +213,7 @@ impl Application {
             api,
             limits,
             health_check_interval: config.health_check_interval,
+            retention,
             sweeper: config.sweep_enabled.then(|| SweeperSchedule {
                 settings: config.sweep(),
                 interval: config.sweep_interval,
@@ -219,6 +243,12 @@ impl Application {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         tasks.spawn(report_health(
             health_reporter,
+            self.storage.clone(),
+            self.health_check_interval,
+            stopped.clone(),
+        ));
+        tasks.spawn(refresh_retention(
+            self.retention,
             self.storage.clone(),
             self.health_check_interval,
             stopped.clone(),
@@ -301,6 +331,22 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Reads the shared retention again every `interval` until `stop` (another replica may have
+/// changed it).
+async fn refresh_retention(
+    retention: CurrentRetention,
+    storage: Storage,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = Ticker::new(interval);
+    while ticker.tick_unless_stopped(&mut stop).await {
+        if let Err(err) = retention.refresh(&storage).await {
+            tracing::warn!(error = %Chain(&err), "cannot read the idempotency retention");
+        }
+    }
 }
 
 /// Sweeps expired keys on `schedule` until `stop` turns true, recording each sweep.

@@ -24,16 +24,19 @@
 mod fingerprint;
 mod key;
 mod persistence;
+mod retention;
 mod sweeper;
 mod write;
-
-use std::time::Duration;
 
 use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend};
 
 pub use fingerprint::RequestFingerprint;
 pub use key::IdempotencyKey;
+pub use retention::{
+    CurrentRetention, DEFAULT_RETENTION, MIN_RETENTION, Retention, RetentionError, StoredRetention,
+    resolve as resolve_retention,
+};
 pub use sweeper::{SweepReport, SweepSettings, sweep_expired};
 pub use write::{InsertOnly, Work, Write};
 
@@ -72,22 +75,6 @@ impl IdempotentRequest {
     }
 }
 
-/// How long a key is honoured: a key created before `now - retention` behaves as new (even
-/// before the sweeper deletes its row).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention(Duration);
-
-impl Retention {
-    pub fn new(retention: Duration) -> Self {
-        Self(retention)
-    }
-
-    /// The oldest creation time of a key still honoured at `now`.
-    pub fn cutoff(self, now: Timestamp) -> Timestamp {
-        now.minus(self.0)
-    }
-}
-
 /// How a call was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -122,8 +109,8 @@ impl<R> Executed<R> {
 pub struct Idempotency {
     /// Where keys and the writes they guard are stored, in one transaction per call.
     storage: Storage,
-    /// How long a key is honoured.
-    retention: Retention,
+    /// How long a key is honoured: the value shared through the database.
+    retention: CurrentRetention,
 }
 
 /// How many times a call tries to claim the key, on every path: again when it lost the claim
@@ -133,7 +120,7 @@ pub struct Idempotency {
 const CLAIM_ATTEMPTS: usize = 3;
 
 impl Idempotency {
-    pub fn new(storage: Storage, retention: Retention) -> Self {
+    pub fn new(storage: Storage, retention: CurrentRetention) -> Self {
         Self { storage, retention }
     }
 
@@ -173,7 +160,7 @@ impl Idempotency {
         response: R,
     ) -> Result<Executed<R>, ServiceError> {
         let now = Timestamp::now();
-        let cutoff = self.retention.cutoff(now);
+        let cutoff = self.retention.get().cutoff(now);
         let bytes = response.encode_to_vec();
         for _ in 0..CLAIM_ATTEMPTS {
             let attempt = persistence::claim_with_insert(
@@ -208,7 +195,7 @@ impl Idempotency {
         R: Message + Default,
     {
         let now = Timestamp::now();
-        let cutoff = self.retention.cutoff(now);
+        let cutoff = self.retention.get().cutoff(now);
         if let Some(stored) = persistence::find_live(self.storage.reader(), request, cutoff).await?
             && stored.response.is_some()
         {

@@ -8,16 +8,15 @@ use std::time::Duration;
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-use super::Retention;
 use super::persistence::{Column, Entity};
+use super::retention::{self, RetentionError};
 use crate::domain::Timestamp;
-use crate::storage::{During, Storage, StorageError};
+use crate::storage::{During, Storage};
 
-/// How a sweep deletes expired keys.
+/// How a sweep deletes expired keys (which keys have expired is the shared retention's to
+/// say: see `retention.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct SweepSettings {
-    /// Keys older than this are deleted.
-    pub retention: Retention,
     /// Most rows one DELETE removes.
     pub batch_size: u64,
     /// Pause between two batches.
@@ -33,12 +32,15 @@ pub struct SweepReport {
     pub batches: u32,
 }
 
-/// Deletes every key that had expired when the sweep started, batch by batch.
+/// Deletes every key that had expired when the sweep started, by the retention stored in the
+/// database (during a change, the longer of the old and new values), batch by batch.
 pub async fn sweep_expired(
     storage: &Storage,
     settings: SweepSettings,
-) -> Result<SweepReport, StorageError> {
-    let cutoff = settings.retention.cutoff(Timestamp::now()).unix_micros();
+) -> Result<SweepReport, RetentionError> {
+    let now = Timestamp::now();
+    let retention = retention::load(storage).await?.for_sweeping(now);
+    let cutoff = retention.cutoff(now).unix_micros();
     let batch_size = Ord::max(settings.batch_size, 1);
     let mut report = SweepReport::default();
     loop {

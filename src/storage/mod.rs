@@ -146,6 +146,31 @@ impl Storage {
             .during("ping")
     }
 
+    /// The value of service setting `name` (shared by every replica), if stored.
+    pub async fn read_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        settings::read(&self.writer, name)
+            .await
+            .during("read service setting")
+    }
+
+    /// Stores service setting `name` unless some replica stored it first.
+    pub async fn insert_setting_if_absent(
+        &self,
+        name: &str,
+        value: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        settings::insert_if_absent(&self.writer, name, value)
+            .await
+            .during("store service setting")
+    }
+
+    /// Replaces service setting `name`.
+    pub async fn write_setting(&self, name: &str, value: Vec<u8>) -> Result<(), StorageError> {
+        settings::write(&self.writer, name, value)
+            .await
+            .during("replace service setting")
+    }
+
     /// The key that signs page tokens, created on first use and shared through the database.
     pub async fn page_token_key(&self) -> Result<PageTokenKey, StorageError> {
         settings::page_token_key(&self.writer)

@@ -21,24 +21,58 @@ impl ActiveModelBehavior for ActiveModel {}
 
 const PAGE_TOKEN_KEY: &str = "page_token_key";
 
-/// Reads the page token key, storing a new random one first if there is none. Replicas that
-/// start together race harmlessly: the first insert wins and all read the same key.
-pub async fn page_token_key<C: ConnectionTrait>(db: &C) -> Result<PageTokenKey, DbErr> {
+/// The value of setting `name`, if it is stored.
+pub async fn read<C: ConnectionTrait>(db: &C, name: &str) -> Result<Option<Vec<u8>>, DbErr> {
+    Ok(Entity::find_by_id(name.to_owned())
+        .one(db)
+        .await?
+        .map(|model| model.value))
+}
+
+/// Stores `value` as setting `name` unless it is stored already (the first writer wins;
+/// replicas that start together race harmlessly).
+pub async fn insert_if_absent<C: ConnectionTrait>(
+    db: &C,
+    name: &str,
+    value: Vec<u8>,
+) -> Result<(), DbErr> {
     let candidate = ActiveModel {
-        name: Set(PAGE_TOKEN_KEY.to_owned()),
-        value: Set(PageTokenKey::generate().as_bytes().to_vec()),
+        name: Set(name.to_owned()),
+        value: Set(value),
     };
     Entity::insert(candidate)
         .on_conflict(OnConflict::column(Column::Name).do_nothing().to_owned())
         .try_insert()
         .exec_without_returning(db)
         .await?;
-    let stored = Entity::find_by_id(PAGE_TOKEN_KEY.to_owned())
-        .one(db)
+    Ok(())
+}
+
+/// Stores `value` as setting `name`, replacing what was there.
+pub async fn write<C: ConnectionTrait>(db: &C, name: &str, value: Vec<u8>) -> Result<(), DbErr> {
+    let row = ActiveModel {
+        name: Set(name.to_owned()),
+        value: Set(value),
+    };
+    Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(Column::Name)
+                .update_column(Column::Value)
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// Reads the page token key, storing a new random one first if there is none.
+pub async fn page_token_key<C: ConnectionTrait>(db: &C) -> Result<PageTokenKey, DbErr> {
+    let candidate = PageTokenKey::generate().as_bytes().to_vec();
+    insert_if_absent(db, PAGE_TOKEN_KEY, candidate).await?;
+    let stored = read(db, PAGE_TOKEN_KEY)
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(PAGE_TOKEN_KEY.to_owned()))?;
     let bytes: [u8; 32] = stored
-        .value
         .as_slice()
         .try_into()
         .map_err(|_| DbErr::Custom(format!("{PAGE_TOKEN_KEY} is not 32 bytes")))?;

@@ -19,11 +19,91 @@ use crate::raw_grpc::RawConnection;
 use crate::server_process::ServerProcess;
 
 both_backends!(
+    retention_is_one_shared_value_that_no_replica_changes_by_accident,
     an_idempotency_key_in_trailers_is_ignored_and_trailers_count_in_the_limit,
     a_client_deadline_that_expires_on_the_server_is_deadline_exceeded_and_rolls_back,
 );
 
 const CREATE: &str = "/todo.v1.TodoService/CreateTodo";
+
+/// Contract (Edges): retention is one value for the whole key table, shared by every replica;
+/// no replica can shorten it or sweep keys the others still honour; values under a floor are
+/// refused (`config::tests`).
+async fn retention_is_one_shared_value_that_no_replica_changes_by_accident(backend: Backend) {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use todo_service::idempotency::{Retention, SweepSettings, sweep_expired};
+    use todo_service::storage::{DatabaseSettings, Storage};
+
+    let hour = Retention::new(Duration::from_secs(3600)).unwrap();
+    let first = spawn_app(backend).await; // stores the default, 24 h
+    let db = Arc::clone(&first.db);
+
+    // A replica started with another value refuses to start, and says how to change it.
+    let mut config = test_config(&db);
+    config.idempotency_retention = Some(hour);
+    let Err(err) = Application::build(&config).await else {
+        panic!("a replica with a 1 h retention started beside one with 24 h");
+    };
+    let chain = todo_service::error::Chain(&err).to_string();
+    assert!(matches!(err, StartupError::Retention(_)), "{chain}");
+    assert!(chain.contains("1day") && chain.contains("1h"), "{chain}");
+    assert!(chain.contains("--change-idempotency-retention"), "{chain}");
+
+    // A key two hours old is honoured under 24 h.
+    let key = fresh_key();
+    let created = first.create(new_todo("kept"), Some(&key)).await.unwrap();
+    let two_hours_us = 2 * 3600 * 1_000_000_i64;
+    db.execute(&format!(
+        "UPDATE idempotency_keys SET created_at_us = created_at_us - {two_hours_us}"
+    ))
+    .await;
+    let replay = first.create(new_todo("kept"), Some(&key)).await.unwrap();
+    assert!(crate::helpers::is_replayed(&replay));
+    assert_eq!(replay.get_ref(), created.get_ref());
+
+    // Changed on purpose: the new replica starts and stores 1 h for everyone ...
+    let second = crate::helpers::spawn_on(Arc::clone(&db), move |config| {
+        config.idempotency_retention = Some(hour);
+        config.change_idempotency_retention = true;
+    })
+    .await;
+    // ... but a sweep right after the shortening still uses 24 h: the key stays.
+    let storage = Storage::connect(&DatabaseSettings {
+        url: db.url.clone(),
+        pool_size: 1,
+        timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let settings = SweepSettings {
+        batch_size: 100,
+        batch_pause: Duration::from_millis(1),
+    };
+    let report = sweep_expired(&storage, settings).await.unwrap();
+    assert_eq!(
+        report.rows_deleted, 0,
+        "nothing a replica may still honour is swept"
+    );
+    assert_eq!(first.key_count().await, 1);
+
+    // The first replica picks up the new value at its next refresh: the 2-hour-old key has
+    // expired for it too, and the same request is a new call.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = first.create(new_todo("kept"), Some(&key)).await.unwrap();
+        if !crate::helpers::is_replayed(&again) {
+            assert_ne!(again.get_ref().id, created.get_ref().id);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change never reached the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(second.todo_count().await, 2);
+}
 
 /// Contract (Edges): `idempotency-key` is read from request headers only; limits count headers
 /// and trailers together.

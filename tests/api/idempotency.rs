@@ -462,7 +462,10 @@ async fn update_replays_its_stored_response(backend: Backend) {
 
 async fn expired_key_behaves_as_new(backend: Backend) {
     let app = spawn_app_with(backend, |config| {
-        config.idempotency_retention = std::time::Duration::from_secs(3600);
+        config.idempotency_retention = Some(
+            todo_service::idempotency::Retention::new(std::time::Duration::from_secs(3600))
+                .unwrap(),
+        );
     })
     .await;
     let key = fresh_key();

@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use todo_service::idempotency::{
-    IdempotencyKey, Retention, SweepReport, SweepSettings, sweep_expired,
-};
+use todo_service::idempotency::{IdempotencyKey, SweepReport, SweepSettings, sweep_expired};
 use todo_service::storage::{DatabaseSettings, Storage};
 use tonic::Request;
 use tonic::metadata::MetadataValue;
@@ -50,7 +48,8 @@ fn micros_ago(ago: Duration) -> i64 {
     i64::try_from(now.saturating_sub(ago).as_micros()).unwrap()
 }
 
-/// One sweep of keys older than a day, in batches of 10 000, on the test's database.
+/// One sweep in batches of 10 000 on the test's database, whose shared retention is a day (the
+/// default).
 async fn sweep_day_old_keys(db: &TestDatabase) -> SweepReport {
     let storage = Storage::connect(&DatabaseSettings {
         url: db.url.clone(),
@@ -60,7 +59,6 @@ async fn sweep_day_old_keys(db: &TestDatabase) -> SweepReport {
     .await
     .unwrap();
     let settings = SweepSettings {
-        retention: Retention::new(DAY),
         batch_size: 10_000,
         batch_pause: Duration::from_millis(1),
     };
