@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::{FieldViolation, TodoId};
-use crate::storage::StorageError;
+use crate::storage::{SessionEnded, StorageError};
 
 /// Any error, as the cause of an internal one.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -119,15 +119,30 @@ impl From<StorageError> for ServiceError {
     }
 }
 
+impl SessionEnded for ServiceError {
+    fn session_ended(&self) -> bool {
+        match self {
+            Self::Unavailable(err) | Self::Database(err) => err.session_ended(),
+            _ => false,
+        }
+    }
+}
+
 /// Displays an error and every cause below it: `outer: cause: root cause`.
 pub struct Chain<'e>(pub &'e (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
         let mut source = self.0.source();
         while let Some(cause) = source {
-            write!(f, ": {cause}")?;
+            let text = cause.to_string();
+            // Some errors (sea-orm's) repeat their source in their own message.
+            if !shown.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            shown = text;
             source = cause.source();
         }
         Ok(())

@@ -112,7 +112,8 @@ impl Work for Delete {
 }
 
 pub async fn get(storage: &Storage, caller: &Caller, id: TodoId) -> Result<Todo, ServiceError> {
-    storage::find_todo(storage.reader(), caller, id)
+    storage
+        .retry_ended_sessions(|| storage::find_todo(storage.reader(), caller, id))
         .await?
         .ok_or(ServiceError::NotFound(id))
 }
@@ -123,7 +124,9 @@ pub async fn list(
     key: &PageTokenKey,
     query: ListQuery,
 ) -> Result<TodoPage, ServiceError> {
-    let mut todos = storage::list_todos(storage.reader(), caller, query).await?;
+    let mut todos = storage
+        .retry_ended_sessions(|| storage::list_todos(storage.reader(), caller, query))
+        .await?;
     let page_size = usize::try_from(query.page_size.get()).unwrap_or(usize::MAX);
     let next_page_token = if todos.len() > page_size {
         todos.truncate(page_size);

@@ -166,7 +166,7 @@ impl TodoApi {
         request: Request<M>,
         parse: impl FnOnce(&M) -> Result<P, ServiceError> + Send,
         plan: impl FnOnce(Caller, P) -> Write<W> + Send,
-        respond: impl Fn(&W::Output) -> R + Send,
+        respond: impl Fn(&W::Output) -> R + Send + Sync,
     ) -> Result<Response<R>, Status>
     where
         M: prost::Message + Send,

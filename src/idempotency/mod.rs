@@ -127,24 +127,40 @@ impl Idempotency {
     /// Runs `write` and answers `respond(&output)`. Without a key: once, in one transaction
     /// (an insert alone: one statement). With a key: at most once per key; a call whose key
     /// was already used answers the stored response (see the module docs). An error rolls
-    /// everything back and frees the key.
+    /// everything back and frees the key. An attempt that met a connection whose session the
+    /// database had ended ran nothing, and runs again (`Storage::retry_ended_sessions`).
     pub async fn execute<W, R>(
         &self,
         request: Option<&IdempotentRequest>,
         write: Write<W>,
-        respond: impl Fn(&W::Output) -> R + Send,
+        respond: impl Fn(&W::Output) -> R + Send + Sync,
+    ) -> Result<Executed<R>, ServiceError>
+    where
+        W: Work,
+        R: Message + Default,
+    {
+        self.storage
+            .retry_ended_sessions(|| self.execute_once(request, &write, &respond))
+            .await
+    }
+
+    async fn execute_once<W, R>(
+        &self,
+        request: Option<&IdempotentRequest>,
+        write: &Write<W>,
+        respond: &(impl Fn(&W::Output) -> R + Send + Sync),
     ) -> Result<Executed<R>, ServiceError>
     where
         W: Work,
         R: Message + Default,
     {
         let Some(request) = request else {
-            let output = self.run_unkeyed(write).await?;
-            return Ok(Executed::fresh(respond(&output), false));
+            let response = self.run_unkeyed(write, respond).await?;
+            return Ok(Executed::fresh(response, false));
         };
         match write {
             Write::Insert { row, output } if self.storage.backend() == DbBackend::Postgres => {
-                self.insert_in_one_statement(request, row, respond(&output))
+                self.insert_in_one_statement(request, row, respond(output))
                     .await
             }
             write => self.run_keyed(request, write, respond).await,
@@ -156,7 +172,7 @@ impl Idempotency {
     async fn insert_in_one_statement<R: Message + Default>(
         &self,
         request: &IdempotentRequest,
-        row: NewRow,
+        row: &NewRow,
         response: R,
     ) -> Result<Executed<R>, ServiceError> {
         let now = Timestamp::now();
@@ -187,8 +203,8 @@ impl Idempotency {
     async fn run_keyed<W, R>(
         &self,
         request: &IdempotentRequest,
-        write: Write<W>,
-        respond: impl Fn(&W::Output) -> R + Send,
+        write: &Write<W>,
+        respond: &(impl Fn(&W::Output) -> R + Send + Sync),
     ) -> Result<Executed<R>, ServiceError>
     where
         W: Work,
@@ -203,7 +219,7 @@ impl Idempotency {
         }
         for _ in 0..CLAIM_ATTEMPTS {
             let txn = self.storage.begin_write().await?;
-            let claimed = match &write {
+            let claimed = match write {
                 Write::Transaction(work) => {
                     if persistence::claim(&txn, request, None, now, cutoff).await? {
                         let response = respond(&work.run(&txn).await?);
@@ -243,22 +259,26 @@ impl Idempotency {
 
     /// A write without a key: an insert alone is one autocommit statement; work runs in a
     /// write transaction of its own.
-    async fn run_unkeyed<W: Work>(&self, write: Write<W>) -> Result<W::Output, ServiceError> {
+    async fn run_unkeyed<W: Work, R>(
+        &self,
+        write: &Write<W>,
+        respond: &(impl Fn(&W::Output) -> R + Send + Sync),
+    ) -> Result<R, ServiceError> {
         match write {
             Write::Insert { row, output } => {
-                let statement = row.insert_statement(self.storage.backend());
+                let statement = row.clone().insert_statement(self.storage.backend());
                 self.storage
                     .writer()
                     .execute_raw(statement)
                     .await
                     .during("insert row")?;
-                Ok(output)
+                Ok(respond(output))
             }
             Write::Transaction(work) => {
                 let txn = self.storage.begin_write().await?;
-                let output = work.run(&txn).await?;
+                let response = respond(&work.run(&txn).await?);
                 commit(txn).await?;
-                Ok(output)
+                Ok(response)
             }
         }
     }

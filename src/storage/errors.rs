@@ -21,6 +21,35 @@ impl StorageError {
     }
 }
 
+/// Errors that can tell "the database had ended the session of the pooled connection before
+/// this statement ran" (PostgreSQL restarted, failed over, or an operator ran
+/// `pg_terminate_backend`): the statement never ran, so running it again is safe.
+pub trait SessionEnded {
+    fn session_ended(&self) -> bool;
+}
+
+impl SessionEnded for StorageError {
+    fn session_ended(&self) -> bool {
+        sqlx_error(&self.source)
+            .and_then(|err| match err {
+                sqlx::Error::Database(db) => db.code(),
+                _ => None,
+            })
+            // admin_shutdown, crash_shutdown: the server sends them as it ends the session,
+            // before it reads another statement.
+            .is_some_and(|code| code == "57P01" || code == "57P02")
+    }
+}
+
+fn sqlx_error(err: &DbErr) -> Option<&sqlx::Error> {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e))
+        | DbErr::Conn(RuntimeErr::SqlxError(e)) => Some(e),
+        _ => None,
+    }
+}
+
 /// Names the operation of a database result: `query.await.during("find todo")?`.
 pub trait During<T> {
     fn during(self, operation: &'static str) -> Result<T, StorageError>;

@@ -7,6 +7,7 @@ mod settings;
 mod todo_entity;
 mod todos;
 
+use std::future::Future;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
@@ -16,7 +17,7 @@ use sea_orm::{
     DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
-pub use errors::{During, StorageError, expect_one_row};
+pub use errors::{During, SessionEnded, StorageError, expect_one_row};
 pub use new_row::NewRow;
 pub use todos::{delete_todo, find_todo, find_todo_for_update, list_todos, todo_row, update_todo};
 
@@ -40,9 +41,14 @@ pub struct DatabaseSettings {
 /// while reads use their own pool and never wait for writers (WAL).
 #[derive(Debug, Clone)]
 pub struct Storage {
+    /// Reads outside transactions (on SQLite its own pool; on PostgreSQL the shared one).
     reader: DatabaseConnection,
+    /// Writes (on SQLite one connection; on PostgreSQL the shared pool).
     writer: DatabaseConnection,
+    /// Which database this is.
     backend: DbBackend,
+    /// Most connections a pool holds: how many dead ones a call can meet in a row.
+    pool_size: u32,
 }
 
 impl Storage {
@@ -57,6 +63,7 @@ impl Storage {
                 reader: db.clone(),
                 writer: db,
                 backend: DbBackend::Postgres,
+                pool_size: settings.pool_size.max(1),
             })
         }
     }
@@ -75,11 +82,36 @@ impl Storage {
             reader,
             writer,
             backend: DbBackend::Sqlite,
+            pool_size: settings.pool_size.max(1),
         })
     }
 
     pub fn backend(&self) -> DbBackend {
         self.backend
+    }
+
+    /// Runs `operation`, and again while it fails because the database had ended the session
+    /// of the pooled connection it got (see [`SessionEnded`]): such a statement never ran, and
+    /// each failure discards one dead connection, so this ends after at most pool size + 1
+    /// attempts. A call thus never fails merely because its connection died while idle.
+    pub async fn retry_ended_sessions<T, E, Fut>(
+        &self,
+        mut operation: impl FnMut() -> Fut,
+    ) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: SessionEnded,
+    {
+        let mut attempts_left = self.pool_size + 1;
+        loop {
+            match operation().await {
+                Err(err) if err.session_ended() && attempts_left > 1 => {
+                    attempts_left -= 1;
+                    tracing::debug!("pooled connection's session had ended; trying another");
+                }
+                result => return result,
+            }
+        }
     }
 
     /// For reads outside a transaction.
@@ -137,13 +169,16 @@ impl Storage {
             .during("apply migrations")
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers (on a live connection: dead pooled ones are skipped).
     pub async fn ping(&self) -> Result<(), StorageError> {
-        self.reader
-            .execute_unprepared("SELECT 1")
-            .await
-            .map(|_| ())
-            .during("ping")
+        self.retry_ended_sessions(|| async {
+            self.reader
+                .execute_unprepared("SELECT 1")
+                .await
+                .map(|_| ())
+                .during("ping")
+        })
+        .await
     }
 
     /// The value of service setting `name` (shared by every replica), if stored.

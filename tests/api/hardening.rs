@@ -383,3 +383,72 @@ async fn requests_that_do_not_decode_are_logged() {
     }
     assert!(server.terminate().await.success());
 }
+
+/// Contract (Edges): health is NOT_SERVING only while the database is really unreachable; a
+/// pooled connection that died while idle never fails a call by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_died_while_idle_fail_neither_health_nor_calls() {
+    use std::time::{Duration, Instant};
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let app = spawn_app(Backend::Postgres).await;
+    // Fill the pool: concurrent calls open several connections, which then sit idle.
+    let todo = app.create_todo("survives").await;
+    let reads = (0..8).map(|_| app.get(&todo.id));
+    for read in futures::future::join_all(reads).await {
+        read.expect("a read");
+    }
+    let terminated = app.db.terminate_server_backends().await;
+    assert!(
+        terminated >= 2,
+        "the server had idle connections: {terminated}"
+    );
+
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(app.channel_uri())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(12);
+    let mut checks = 0;
+    while Instant::now() < until {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            ServingStatus::Serving as i32,
+            "after {checks} checks"
+        );
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Terminate them again, then call: no call fails for a dead idle connection.
+    let terminated = app.db.terminate_server_backends().await;
+    assert!(terminated >= 1, "{terminated}");
+    let mut failures = Vec::new();
+    for i in 0..20 {
+        let result = match i % 4 {
+            0 => app.get(&todo.id).await.map(|_| ()),
+            1 => app.list(10, "", None).await.map(|_| ()),
+            2 => app
+                .create(new_todo("keyed"), Some(&fresh_key()))
+                .await
+                .map(|_| ()),
+            _ => app.create(new_todo("unkeyed"), None).await.map(|_| ()),
+        };
+        if let Err(status) = result {
+            failures.push(format!("call {i}: {status:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

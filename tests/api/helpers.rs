@@ -166,6 +166,18 @@ impl TestDatabase {
             .expect("take SQLite's write lock")
     }
 
+    /// PostgreSQL: terminates every backend connected with this test's `application_name`
+    /// except the test's own `conn`, as a failover or `pg_terminate_backend` by an operator
+    /// would. Returns how many were terminated.
+    pub async fn terminate_server_backends(&self) -> i64 {
+        let schema = self.schema.as_deref().expect("a PostgreSQL test database");
+        self.scalar(&format!(
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = '{schema}' AND pid <> pg_backend_pid()) AS terminated"
+        ))
+        .await
+    }
+
     pub async fn execute(&self, sql: &str) -> u64 {
         self.conn
             .execute_unprepared(sql)
@@ -175,9 +187,11 @@ impl TestDatabase {
     }
 }
 
+/// `base` with the test's schema as search path, and as `application_name` (so that a test
+/// can find, or terminate, the backends of its own server and no other test's).
 fn with_search_path(base: &str, schema: &str) -> String {
     let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+    format!("{base}{separator}options=-c%20search_path%3D{schema}&application_name={schema}")
 }
 
 impl Drop for TestDatabase {
