@@ -175,14 +175,33 @@ pub struct Config {
     #[arg(long, env = "TODO_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub request_timeout: Duration,
 
-    /// Most calls served at once on one connection; more wait their turn.
+    /// Most calls open at once on one connection, advertised to clients as HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (clients queue further calls on their side; a stream
+    /// beyond it is refused with REFUSED_STREAM, never queued by the server). With
+    /// --max-connections it bounds the streams, and so the header bytes, a server holds.
     #[arg(
         long,
         env = "TODO_MAX_CONCURRENT_CALLS_PER_CONNECTION",
-        default_value_t = 128,
+        default_value_t = 32,
         global = true
     )]
-    pub max_concurrent_calls_per_connection: usize,
+    pub max_concurrent_calls_per_connection: u32,
+
+    /// Longest a call may take to send its request message once its headers have arrived
+    /// (the shorter of this and --request-timeout applies); then DEADLINE_EXCEEDED. Ends
+    /// streams that never send their body.
+    #[arg(long, env = "TODO_RECEIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub receive_timeout: Duration,
+
+    /// Most client connections open at once; a connection beyond it is closed as soon as it
+    /// is accepted.
+    #[arg(
+        long,
+        env = "TODO_MAX_CONNECTIONS",
+        default_value_t = 512,
+        global = true
+    )]
+    pub max_connections: usize,
 }
 
 impl Config {

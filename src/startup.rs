@@ -15,6 +15,7 @@ use crate::auth::{CallerTokens, TokensFileError};
 use crate::config::Config;
 use crate::error::Chain;
 use crate::grpc::TodoApi;
+use crate::grpc::connections::LimitedIncoming;
 use crate::grpc::edge::EdgeLayer;
 use crate::grpc::guard::RequestGuard;
 use crate::grpc::limits::limit_request_bodies;
@@ -70,8 +71,13 @@ struct Limits {
     max_request_bytes: usize,
     /// Largest request metadata (`--max-metadata-bytes`).
     max_metadata_bytes: usize,
-    /// Calls served at once on one connection (`--max-concurrent-calls-per-connection`).
-    max_concurrent_calls_per_connection: usize,
+    /// Streams open at once on one connection, advertised in HTTP/2 SETTINGS
+    /// (`--max-concurrent-calls-per-connection`).
+    max_concurrent_streams: u32,
+    /// Longest wait for a request message (`--receive-timeout`, at most `--request-timeout`).
+    receive_timeout: Duration,
+    /// Client connections open at once (`--max-connections`).
+    max_connections: usize,
 }
 
 /// When the in-process key sweeper runs, and how it sweeps.
@@ -184,7 +190,9 @@ impl Application {
             tls: tls_config(config)?,
             max_request_bytes: config.max_request_bytes,
             max_metadata_bytes: config.max_metadata_bytes,
-            max_concurrent_calls_per_connection: config.max_concurrent_calls_per_connection,
+            max_concurrent_streams: config.max_concurrent_calls_per_connection.max(1),
+            receive_timeout: config.receive_timeout.min(config.request_timeout),
+            max_connections: config.max_connections,
         };
         let storage = open_storage(config).await?;
         let page_token_key = storage.page_token_key().await?;
@@ -295,20 +303,28 @@ impl Application {
             .unwrap_or(u32::MAX)
             .max(16 * 1024);
         let served = builder
-            .concurrency_limit_per_connection(limits.max_concurrent_calls_per_connection)
+            .max_concurrent_streams(limits.max_concurrent_streams)
             .http2_max_header_list_size(header_list_limit)
             .layer(EdgeLayer::new(Arc::clone(&self.metrics)))
             .layer(tower::util::MapRequestLayer::new(limit_request_bodies(
                 limits.max_request_bytes,
+                limits.receive_timeout,
             )))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(todo_service)
-            .serve_with_incoming_shutdown(incoming(self.listener), async {
-                shutdown.await;
-                stop.send_replace(true);
-            })
+            .serve_with_incoming_shutdown(
+                LimitedIncoming::new(
+                    self.listener,
+                    limits.max_connections,
+                    Arc::clone(&self.metrics),
+                ),
+                async {
+                    shutdown.await;
+                    stop.send_replace(true);
+                },
+            )
             .await;
         stop.send_replace(true);
         while tasks.join_next().await.is_some() {}
@@ -316,12 +332,6 @@ impl Application {
         tracing::info!("stopped");
         Ok(served?)
     }
-}
-
-/// Accepted connections, with Nagle's algorithm off: small gRPC frames go out at once instead
-/// of waiting up to 40 ms for the peer's delayed ACK.
-fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Reflection describes TodoService, the health service, and the google.rpc error details

@@ -3,6 +3,7 @@
 //! layer that gives calls ending before their handler a deliberate status, a log line and a
 //! count.
 
+pub mod connections;
 mod convert;
 pub mod edge;
 pub mod guard;

@@ -35,6 +35,11 @@ pub fn frame(message: &[u8]) -> Bytes {
 }
 
 impl RawConnection {
+    /// Calls on an HTTP/2 connection the test opened itself.
+    pub fn from_sender(sender: h2::client::SendRequest<Bytes>) -> Self {
+        Self { sender }
+    }
+
     pub async fn open(addr: SocketAddr) -> Self {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let (sender, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
