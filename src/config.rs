@@ -178,11 +178,13 @@ pub struct Config {
     /// Most calls open at once on one connection, advertised to clients as HTTP/2
     /// SETTINGS_MAX_CONCURRENT_STREAMS (clients queue further calls on their side; a stream
     /// beyond it is refused with REFUSED_STREAM, never queued by the server). With
-    /// --max-connections it bounds the streams, and so the header bytes, a server holds.
+    /// --max-connections it bounds the streams, and so the memory, a server holds (about 28 KiB
+    /// per stream waiting for its message). hyper and tonic clients assume 100 until they have
+    /// the server's SETTINGS: below that, calls a fresh connection sends at once are refused.
     #[arg(
         long,
         env = "TODO_MAX_CONCURRENT_CALLS_PER_CONNECTION",
-        default_value_t = 32,
+        default_value_t = 100,
         global = true
     )]
     pub max_concurrent_calls_per_connection: u32,

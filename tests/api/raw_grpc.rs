@@ -36,6 +36,7 @@ pub fn frame(message: &[u8]) -> Bytes {
 
 impl RawConnection {
     /// Calls on an HTTP/2 connection the test opened itself.
+    #[allow(dead_code)] // used by tests/hostile.rs
     pub fn from_sender(sender: h2::client::SendRequest<Bytes>) -> Self {
         Self { sender }
     }

@@ -62,11 +62,13 @@ impl ServerProcess {
     }
 
     /// The process id.
+    #[allow(dead_code)] // used by tests/hostile.rs
     pub fn pid(&self) -> u32 {
         self.child.id().expect("the server is running")
     }
 
     /// The resident set size of the process, in KiB (from /proc).
+    #[allow(dead_code)] // used by tests/hostile.rs
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("the server's /proc status");
