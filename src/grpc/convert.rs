@@ -1,5 +1,6 @@
 //! Proto messages <-> domain types. Parsing collects every invalid field of a request into one
 //! INVALID_ARGUMENT whose BadRequest names them by their request path (`todo.title`, ...).
+//! Public for the fuzz targets (`fuzz/`), which feed it every request a caller could send.
 
 use prost_types::Timestamp as ProtoTimestamp;
 

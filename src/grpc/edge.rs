@@ -161,8 +161,9 @@ fn answer_before_handler(
     }
 }
 
-/// INVALID_ARGUMENT for tonic's INTERNAL `message` when it is about the request not decoding.
-fn invalid_request(message: &str) -> Option<tonic::Status> {
+/// INVALID_ARGUMENT for tonic's INTERNAL `message` when it is about the request not decoding
+/// (public for the fuzz targets, which check that every decode error is recognised).
+pub fn invalid_request(message: &str) -> Option<tonic::Status> {
     if message == MISSING_MESSAGE {
         return Some(tonic::Status::invalid_argument(
             "the request has no message: a unary call sends exactly one",

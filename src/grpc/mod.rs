@@ -4,7 +4,7 @@
 //! count.
 
 pub mod connections;
-mod convert;
+pub mod convert;
 pub mod edge;
 pub mod guard;
 pub mod limits;
