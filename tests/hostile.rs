@@ -125,6 +125,7 @@ async fn body_less_streams_are_bounded_in_memory_and_time() {
 
     let baseline_kib = server.rss_kib();
     for connections in [1, 20] {
+        let cpu_before = server.cpu_time();
         let attack = tokio::spawn(body_less_streams(addr, connections, 3000));
         // A well-behaved caller meanwhile, on its own thread and runtime (so that it measures
         // the server, not this test's 3 000 attacking tasks): a fresh connection and a GetTodo
@@ -170,6 +171,7 @@ async fn body_less_streams_are_bounded_in_memory_and_time() {
         let latencies = probe.join().expect("the probe thread");
         let slowest = latencies.iter().max().copied().unwrap_or_default();
         let (ended, others, took) = attack.await.unwrap();
+        let server_cpu = server.cpu_time().saturating_sub(cpu_before);
         let growth_mib = peak_kib.saturating_sub(baseline_kib) as f64 / 1024.0;
         // The server's own account of each stream it accepted: from its headers to its end.
         let mut accepted = 0;
@@ -187,7 +189,7 @@ async fn body_less_streams_are_bounded_in_memory_and_time() {
         println!(
             "{connections} connection(s): {ended} streams ended ({accepted} accepted, the longest \
              {longest_ms:.0} ms), RSS +{growth_mib:.1} MiB, {took:?} for {waves} waves, {} \
-             normal calls, slowest {slowest:?}",
+             normal calls, slowest {slowest:?}; server CPU {server_cpu:?}",
             latencies.len()
         );
         assert_eq!(

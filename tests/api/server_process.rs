@@ -79,6 +79,22 @@ impl ServerProcess {
             .expect("VmRSS")
     }
 
+    /// CPU time the process has used (user + system), from /proc.
+    #[allow(dead_code)] // used by tests/hostile.rs
+    pub fn cpu_time(&self) -> std::time::Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("the server's /proc stat");
+        // Fields after the command name (which may hold spaces) start after its ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: u64 =
+            fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        // USER_HZ is 100 on Linux.
+        std::time::Duration::from_millis(ticks * 10)
+    }
+
     /// A channel to the server (connects on first use).
     pub fn channel(&self) -> Channel {
         channel_to(self.addr)
