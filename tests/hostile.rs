@@ -197,18 +197,22 @@ async fn body_less_streams_are_bounded_in_memory_and_time() {
             "every stream ended with DEADLINE_EXCEEDED: {others:?}"
         );
         assert!(accepted > 0 && accepted <= 3000, "{accepted}");
-        // On this 2-core machine the 20-connection burst saturates both cores (client and
-        // server each handle 3 000 x 7 KB of HPACK), and timers fire late: a stream lives the
-        // receive timeout plus whatever the CPU owes it (600 ms measured, README "Limits").
+        // Issue 12's targets hold for the optimized server (`cargo test --release --test
+        // hostile`: 113 ms and 16 ms measured). The debug server `cargo test` runs spends ~2 ms
+        // of CPU per stream decoding 7 KB of headers, saturates both cores during the
+        // 20-connection burst, and is held to looser bounds: still bounded, still served.
+        let (stream_slack, call_bound) = if cfg!(debug_assertions) {
+            (Duration::from_secs(1), Duration::from_secs(1))
+        } else {
+            (Duration::from_millis(100), Duration::from_millis(100))
+        };
         assert!(
-            longest_ms <= (RECEIVE_TIMEOUT + Duration::from_secs(1)).as_secs_f64() * 1000.0,
+            longest_ms <= (RECEIVE_TIMEOUT + stream_slack).as_secs_f64() * 1000.0,
             "an accepted stream lived {longest_ms} ms"
         );
         assert!(growth_mib <= 16.0, "RSS grew {growth_mib:.1} MiB");
         assert!(latencies.len() >= 5, "the probe ran during the attack");
-        // Issue 12's target is 100 ms; met with one attacking connection (15-20 ms), not with
-        // 20 saturating both cores (100-200 ms measured): asserted is that every call is served.
-        assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+        assert!(slowest < call_bound, "{slowest:?}");
     }
 }
 

@@ -32,8 +32,7 @@ const CREATE: &str = "/todo.v1.TodoService/CreateTodo";
 async fn retention_is_one_shared_value_that_no_replica_changes_by_accident(backend: Backend) {
     use std::sync::Arc;
     use std::time::Duration;
-    use todo_service::idempotency::{Retention, SweepSettings, sweep_expired};
-    use todo_service::storage::{DatabaseSettings, Storage};
+    use todo_service::idempotency::Retention;
 
     let hour = Retention::new(Duration::from_secs(3600)).unwrap();
     let first = spawn_app(backend).await; // stores the default, 24 h
@@ -69,18 +68,7 @@ async fn retention_is_one_shared_value_that_no_replica_changes_by_accident(backe
     })
     .await;
     // ... but a sweep right after the shortening still uses 24 h: the key stays.
-    let storage = Storage::connect(&DatabaseSettings {
-        url: db.url.clone(),
-        pool_size: 1,
-        timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
-    let settings = SweepSettings {
-        batch_size: 100,
-        batch_pause: Duration::from_millis(1),
-    };
-    let report = sweep_expired(&storage, settings).await.unwrap();
+    let report = db.sweep().await;
     assert_eq!(
         report.rows_deleted, 0,
         "nothing a replica may still honour is swept"

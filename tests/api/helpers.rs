@@ -178,6 +178,27 @@ impl TestDatabase {
         .await
     }
 
+    /// One sweep of expired keys on this database, as a server's sweeper would run it (by the
+    /// retention the replicas share), in batches of 10 000.
+    pub async fn sweep(&self) -> todo_service::idempotency::SweepReport {
+        use todo_service::idempotency::{SweepSettings, sweep_expired};
+        use todo_service::storage::{DatabaseSettings, Storage};
+        let storage = Storage::connect(&DatabaseSettings {
+            url: self.url.clone(),
+            pool_size: 2,
+            timeout: std::time::Duration::from_secs(5),
+        })
+        .await
+        .expect("connect to the test's database");
+        let settings = SweepSettings {
+            batch_size: 10_000,
+            batch_pause: std::time::Duration::from_millis(1),
+        };
+        let report = sweep_expired(&storage, settings).await.expect("a sweep");
+        storage.close().await;
+        report
+    }
+
     pub async fn execute(&self, sql: &str) -> u64 {
         self.conn
             .execute_unprepared(sql)

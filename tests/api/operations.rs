@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use todo_service::idempotency::{IdempotencyKey, SweepReport, SweepSettings, sweep_expired};
-use todo_service::storage::{DatabaseSettings, Storage};
+use todo_service::idempotency::IdempotencyKey;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 
@@ -48,23 +47,6 @@ fn micros_ago(ago: Duration) -> i64 {
     i64::try_from(now.saturating_sub(ago).as_micros()).unwrap()
 }
 
-/// One sweep in batches of 10 000 on the test's database, whose shared retention is a day (the
-/// default).
-async fn sweep_day_old_keys(db: &TestDatabase) -> SweepReport {
-    let storage = Storage::connect(&DatabaseSettings {
-        url: db.url.clone(),
-        pool_size: 2,
-        timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
-    let settings = SweepSettings {
-        batch_size: 10_000,
-        batch_pause: Duration::from_millis(1),
-    };
-    sweep_expired(&storage, settings).await.unwrap()
-}
-
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 async fn sweep_deletes_expired_keys_and_keeps_live_ones(backend: Backend) {
@@ -79,7 +61,7 @@ async fn sweep_deletes_expired_keys_and_keeps_live_ones(backend: Backend) {
     insert_keys(&app.db, 7, micros_ago(DAY - Duration::from_secs(600))).await;
     assert_eq!(app.key_count().await, 48);
 
-    let report = sweep_day_old_keys(&app.db).await;
+    let report = app.db.sweep().await;
     assert_eq!(report.rows_deleted, 40);
     assert_eq!(app.key_count().await, 8, "unexpired keys are kept");
 
@@ -95,7 +77,7 @@ async fn sweep_works_in_bounded_batches(backend: Backend) {
     let app = spawn_app(backend).await;
     insert_keys(&app.db, 25_000, micros_ago(2 * DAY)).await;
     insert_keys(&app.db, 5, micros_ago(Duration::from_secs(1))).await;
-    let report = sweep_day_old_keys(&app.db).await;
+    let report = app.db.sweep().await;
     assert_eq!(report.rows_deleted, 25_000);
     assert_eq!(report.batches, 3, "10 000 + 10 000 + 5 000");
     assert_eq!(app.key_count().await, 5);
