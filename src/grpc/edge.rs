@@ -39,17 +39,31 @@ const DECODE_ERROR_PREFIX: &str = "failed to decode Protobuf message: ";
 /// tonic's INTERNAL message for a unary request without a message.
 const MISSING_MESSAGE: &str = "Missing request message.";
 
-/// Set by the handler (`TodoApi::observe`) when it ran: the call is logged and counted there.
-#[derive(Debug, Clone, Default)]
-pub struct HandlerRan(Arc<AtomicBool>);
+/// What the edge tells the handler of a call (request extension): when the call arrived, and
+/// a flag the handler (`TodoApi::observe`) sets when it runs: the call is logged and counted
+/// there.
+#[derive(Debug, Clone)]
+pub struct HandlerRan {
+    /// Whether the handler ran.
+    ran: Arc<AtomicBool>,
+    /// When the call arrived: the moment tonic's own `grpc-timeout` timer starts too.
+    pub arrived: Instant,
+}
 
 impl HandlerRan {
+    fn new() -> Self {
+        Self {
+            ran: Arc::new(AtomicBool::new(false)),
+            arrived: Instant::now(),
+        }
+    }
+
     pub fn mark(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.ran.store(true, Ordering::Relaxed);
     }
 
     fn ran(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.ran.load(Ordering::Relaxed)
     }
 }
 
@@ -109,7 +123,7 @@ where
             .into_iter()
             .find(|name| *name == rest)
             .unwrap_or("unknown");
-        let handler_ran = HandlerRan::default();
+        let handler_ran = HandlerRan::new();
         request.extensions_mut().insert(handler_ran.clone());
         let request_id = request_id_from_headers(request.headers());
         let metrics = Arc::clone(&self.metrics);

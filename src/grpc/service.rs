@@ -98,13 +98,17 @@ impl TodoApi {
         call: impl Future<Output = Result<Executed<R>, ServiceError>>,
     ) -> Result<Response<R>, Status> {
         // Logged and counted here, not again by the edge layer.
-        if let Some(handler_ran) = extensions.get::<HandlerRan>() {
+        let handler_ran = extensions.get::<HandlerRan>();
+        if let Some(handler_ran) = handler_ran {
             handler_ran.mark();
         }
+        // Time limits run from the call's arrival, as tonic's own `grpc-timeout` timer does.
+        let arrived = handler_ran.map_or_else(Instant::now, |ran| ran.arrived);
         let request_id = metadata::request_id(metadata);
         let time_limit = match metadata::client_deadline(metadata) {
-            // tonic's own timer for `grpc-timeout` started a moment before this one and would
-            // answer CANCELLED: end the call first, by a margin above the timer's resolution.
+            // tonic's own timer for `grpc-timeout` (started as the call arrived, like this one)
+            // would answer CANCELLED: end the call first, by a margin above the timer's
+            // resolution.
             Some(deadline) => self
                 .request_timeout
                 .min(deadline.saturating_sub(DEADLINE_MARGIN)),
@@ -121,7 +125,8 @@ impl TodoApi {
         );
         async move {
             let started = Instant::now();
-            let result = tokio::time::timeout(time_limit, call)
+            let deadline = tokio::time::Instant::from_std(arrived) + time_limit;
+            let result = tokio::time::timeout_at(deadline, call)
                 .await
                 .unwrap_or(Err(ServiceError::DeadlineExceeded));
             let latency = started.elapsed();
