@@ -21,7 +21,7 @@ use http::HeaderMap;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::grpc::metadata::request_id_from_headers;
+use crate::grpc::metadata::{REQUEST_ID, request_id_from_headers};
 use crate::metrics::{Metrics, code_name};
 
 /// The path prefix of TodoService's methods.
@@ -125,7 +125,9 @@ where
             .unwrap_or("unknown");
         let handler_ran = HandlerRan::new();
         request.extensions_mut().insert(handler_ran.clone());
-        let request_id = request_id_from_headers(request.headers());
+        // Only a call that never reaches its handler is logged here: keep the caller's
+        // `x-request-id` (a reference-counted clone) and make the id only then.
+        let caller_request_id = request.headers().get(REQUEST_ID).cloned();
         let metrics = Arc::clone(&self.metrics);
         let started = Instant::now();
         let call = self.inner.call(request);
@@ -137,6 +139,11 @@ where
             let response = answer_before_handler(response);
             let code = grpc_code(response.headers()).unwrap_or(Code::Ok);
             let latency = started.elapsed();
+            let mut headers = HeaderMap::new();
+            if let Some(value) = caller_request_id {
+                headers.insert(REQUEST_ID, value);
+            }
+            let request_id = request_id_from_headers(&headers);
             tracing::info_span!(
                 "rpc",
                 method,
