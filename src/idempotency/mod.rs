@@ -34,8 +34,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend};
 pub use fingerprint::RequestFingerprint;
 pub use key::IdempotencyKey;
 pub use retention::{
-    CurrentRetention, DEFAULT_RETENTION, MIN_RETENTION, Retention, RetentionError, StoredRetention,
-    resolve as resolve_retention,
+    CurrentRetention, Retention, RetentionError, StoredRetention, resolve as resolve_retention,
 };
 pub use sweeper::{SweepReport, SweepSettings, sweep_expired};
 pub use write::{InsertOnly, Work, Write};

@@ -43,10 +43,6 @@ impl Retention {
         Ok(Self(retention))
     }
 
-    pub fn as_duration(self) -> Duration {
-        self.0
-    }
-
     /// The oldest creation time of a key still honoured at `now`.
     pub fn cutoff(self, now: Timestamp) -> Timestamp {
         now.minus(self.0)
