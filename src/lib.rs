@@ -27,10 +27,13 @@
 //! - [`storage`]: SeaORM entities and queries; SQLite or PostgreSQL connections.
 //! - [`error`]: the one `ServiceError` enum and its mapping to `tonic::Status`.
 //! - [`proto`]: generated `todo.v1` messages, client and server.
+//! - [`client`]: for callers: a client over the generated one that retries safely (one key
+//!   per logical write, kept across attempts).
 //!
 //! Schema migrations live in the separate `migration` crate.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;
