@@ -122,7 +122,7 @@ pub struct Written<T> {
 pub struct Attempts {
     /// Attempts made, the successful one included.
     pub count: u32,
-    /// The code of each failed attempt, in order.
+    /// The code of each failed attempt, in order (as [`code_of`] reports it).
     pub failures: Vec<Code>,
 }
 
@@ -172,13 +172,13 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// The gRPC code behind the error.
+    /// The gRPC code behind the error (a broken connection is UNAVAILABLE, see [`code_of`]).
     pub fn code(&self) -> Code {
         match self {
             Self::KeyReused { status, .. }
             | Self::InvalidArgument { status, .. }
             | Self::Rejected { status } => status.code(),
-            Self::OutcomeUnknown { last, .. } => last.code(),
+            Self::OutcomeUnknown { last, .. } => code_of(last),
         }
     }
 
@@ -219,9 +219,24 @@ fn describe(violations: &[tonic_types::FieldViolation]) -> String {
 pub fn is_retryable(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => true,
-        // A status made from a local transport error keeps it as its source (statuses the
-        // server sent have none): a reset or refused stream, a connection that broke.
-        _ => std::error::Error::source(status).is_some(),
+        _ => is_connection_failure(status),
+    }
+}
+
+/// Whether the call failed in the connection rather than in the server: a status tonic made
+/// from a local transport error keeps that error as its source (statuses the server sent have
+/// none): a reset or refused stream, a GOAWAY, a connection that broke.
+fn is_connection_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// The code gRPC's other clients report for this failure: tonic reports some failures of the
+/// connection as INTERNAL or UNKNOWN ("h2 protocol error", "transport error"), which mean
+/// UNAVAILABLE; every other status keeps its code.
+pub fn code_of(status: &Status) -> Code {
+    match status.code() {
+        Code::Internal | Code::Unknown if is_connection_failure(status) => Code::Unavailable,
+        code => code,
     }
 }
 
@@ -423,21 +438,25 @@ impl TodoClient {
                     .insert("authorization", value.clone());
             }
             attempts.count += 1;
-            let outcome = match tokio::time::timeout(
-                attempt_timeout,
-                send(self.inner.clone(), attempt),
-            )
-            .await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Err(Status::deadline_exceeded("the attempt's deadline passed")),
-            };
+            let attempt_deadline = now + attempt_timeout;
+            let outcome =
+                match tokio::time::timeout_at(attempt_deadline, send(self.inner.clone(), attempt))
+                    .await
+                {
+                    Ok(Ok(response)) => Ok(response),
+                    // tonic enforces `grpc-timeout` as well, and reports it as CANCELLED.
+                    Ok(Err(_)) | Err(_) if Instant::now() >= attempt_deadline => {
+                        Err(Status::deadline_exceeded("the attempt's deadline passed"))
+                    }
+                    Ok(Err(status)) => Err(status),
+                    Err(_) => Err(Status::deadline_exceeded("the attempt's deadline passed")),
+                };
             let status = match outcome {
                 Ok(response) => return Ok((response, attempts)),
                 Err(status) if is_retryable(&status) => status,
                 Err(status) => return Err(CallError::from_final(status, idempotency_key)),
             };
-            attempts.failures.push(status.code());
+            attempts.failures.push(code_of(&status));
             let pause = self.policy.backoff(attempts.count);
             if attempts.count >= self.policy.max_attempts || Instant::now() + pause >= deadline {
                 return Err(CallError::OutcomeUnknown {
@@ -497,6 +516,11 @@ mod tests {
             "reset",
         )));
         assert!(is_retryable(&broken), "{broken:?}");
+        assert_eq!(code_of(&broken), Code::Unavailable);
+        assert_eq!(
+            code_of(&Status::internal("from the server")),
+            Code::Internal
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use todo_service::TodoServiceClient;
+use todo_service::client::{CallError, CallOptions, RetryPolicy, TodoClient};
 use todo_service::proto;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
@@ -84,6 +85,11 @@ struct Args {
     /// Exit with status 1 if any call failed.
     #[arg(long)]
     fail_on_error: bool,
+    /// Retry failures whose outcome is unknown, as `todo_service::client` does for callers
+    /// (same key, backoff, 30 s budget). Off by default, so that each measured call is one
+    /// attempt and every failure is counted.
+    #[arg(long)]
+    retries: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +120,9 @@ struct Load {
     scenario: Scenario,
     channels: Vec<Channel>,
     token: Option<String>,
+    /// The crate's retrying client, one per channel (every call but unkeyed creates and
+    /// health checks goes through it).
+    clients: Vec<TodoClient>,
     description: String,
     seeded: Vec<proto::Todo>,
     replay_key: String,
@@ -157,40 +166,58 @@ impl Load {
         &self.seeded[rand::random_range(0..self.seeded.len())]
     }
 
+    fn safe_client(&self, n: u64) -> &TodoClient {
+        &self.clients[usize::try_from(n).unwrap_or(0) % self.clients.len()]
+    }
+
+    fn new_todo_message(&self, title: String) -> proto::Todo {
+        proto::Todo {
+            title,
+            description: self.description.clone(),
+            ..proto::Todo::default()
+        }
+    }
+
     async fn call(&self, scenario: Scenario) -> CallResult {
         let n = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let mut client = self.client(n);
-        let result = match scenario {
-            Scenario::CreateKeyed => {
-                let key = uuid::Uuid::now_v7().to_string();
-                let request = self.request(self.new_todo(format!("bench {n}")), Some(&key));
-                client.create_todo(request).await.map(drop)
-            }
+        let client = self.safe_client(n);
+        let options = CallOptions::default();
+        let result: Result<(), CallError> = match scenario {
+            Scenario::CreateKeyed => client
+                .create_todo(self.new_todo_message(format!("bench {n}")))
+                .await
+                .map(drop),
             Scenario::CreateUnkeyed => {
+                // The retrying client keys every write; this scenario measures the unkeyed
+                // path, so it uses the generated client directly.
                 let request = self.request(self.new_todo(format!("bench {n}")), None);
-                client.create_todo(request).await.map(drop)
-            }
-            Scenario::Replay => {
-                let request =
-                    self.request(self.new_todo("replayed".to_owned()), Some(&self.replay_key));
-                client.create_todo(request).await.map(drop)
-            }
-            Scenario::Get => {
-                let id = self.random_seeded().id.clone();
-                client
-                    .get_todo(self.request(proto::GetTodoRequest { id }, None))
+                return self
+                    .client(n)
+                    .create_todo(request)
                     .await
                     .map(drop)
+                    .map_err(|status| status.code());
+            }
+            Scenario::Replay => {
+                let options = CallOptions {
+                    idempotency_key: Some(self.replay_key.clone()),
+                    deadline: None,
+                };
+                client
+                    .create_todo_with(self.new_todo_message("replayed".to_owned()), options)
+                    .await
+                    .map(drop)
+            }
+            Scenario::Get => {
+                let id = &self.random_seeded().id;
+                client.get_todo(id, options).await.map(drop)
             }
             Scenario::List => {
                 let request = proto::ListTodosRequest {
                     page_size: 50,
                     ..proto::ListTodosRequest::default()
                 };
-                client
-                    .list_todos(self.request(request, None))
-                    .await
-                    .map(drop)
+                client.list_todos(request, options).await.map(drop)
             }
             Scenario::Update => {
                 let seeded = self.random_seeded();
@@ -200,15 +227,7 @@ impl Load {
                     description: self.description.clone(),
                     ..proto::Todo::default()
                 };
-                let key = uuid::Uuid::now_v7().to_string();
-                let request = proto::UpdateTodoRequest {
-                    todo: Some(todo),
-                    update_mask: None,
-                };
-                client
-                    .update_todo(self.request(request, Some(&key)))
-                    .await
-                    .map(drop)
+                client.update_todo(todo, None, options).await.map(drop)
             }
             Scenario::Mixed => {
                 let pick = rand::random_range(0..100);
@@ -225,13 +244,14 @@ impl Load {
                 let request = HealthCheckRequest {
                     service: "todo.v1.TodoService".to_owned(),
                 };
-                HealthClient::new(self.channels[index].clone())
+                return HealthClient::new(self.channels[index].clone())
                     .check(self.request(request, None))
                     .await
                     .map(drop)
+                    .map_err(|status| status.code());
             }
         };
-        result.map_err(|status| status.code())
+        result.map_err(|err| err.code())
     }
 }
 
@@ -296,10 +316,26 @@ async fn connect(args: &Args) -> Result<Vec<Channel>, tonic::transport::Error> {
 }
 
 async fn prepare(args: &Args, channels: Vec<Channel>) -> Result<Load, tonic::Status> {
+    let policy = if args.retries {
+        RetryPolicy::default()
+    } else {
+        RetryPolicy::no_retries()
+    };
+    let mut clients = Vec::new();
+    for channel in &channels {
+        let client = TodoClient::new(channel.clone()).with_policy(policy.clone());
+        clients.push(match &args.token {
+            Some(token) => client
+                .with_token(token)
+                .map_err(|err| tonic::Status::invalid_argument(err.to_string()))?,
+            None => client,
+        });
+    }
     let mut load = Load {
         scenario: args.scenario,
         channels,
         token: args.token.clone(),
+        clients,
         description: "d".repeat(args.payload_size),
         seeded: Vec::new(),
         replay_key: uuid::Uuid::now_v7().to_string(),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use todo_service::TodoServiceClient;
+use todo_service::client::{CallError, CallOptions, RetryPolicy, TodoClient, Written};
 use todo_service::proto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,56 +45,49 @@ impl Figures {
     }
 }
 
-/// Failures after which the same request with the same key may succeed: the server or the
-/// database was unreachable, or the connection broke (tonic reports a broken connection as
-/// UNAVAILABLE, or UNKNOWN/CANCELLED when the stream was reset), or the attempt ran out of time.
-fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-    )
-}
-
-/// The status code a client should act on. tonic's client reports a call that the server
-/// refused with a graceful GOAWAY (NO_ERROR: the stream was never processed) as INTERNAL "h2
-/// protocol error"; gRPC's other clients report it as UNAVAILABLE, which is what it means.
-fn code_of(status: &tonic::Status) -> Code {
-    if status.code() == Code::Internal && format!("{status:?}").contains("GoAway(") {
-        Code::Unavailable
-    } else {
-        status.code()
-    }
-}
-
-/// One logical create: retried with the same key until acknowledged or `give_up` passes.
+/// One logical create through the crate's retrying client: the same key on every attempt,
+/// until acknowledged or `give_up` passes (a `give_up` already past: one attempt).
 async fn create_with_retries(
     channel: Channel,
     title: String,
     key: String,
     figures: &Figures,
     give_up: Instant,
-) -> Option<Response<proto::Todo>> {
-    let mut client = TodoServiceClient::new(channel);
-    let mut backoff = Duration::from_millis(20);
-    loop {
-        figures.attempts.fetch_add(1, Ordering::Relaxed);
-        match client
-            .create_todo(keyed(new_todo(&title), Some(&key)))
-            .await
-        {
-            Ok(response) => return Some(response),
-            Err(status) if retryable(code_of(&status)) => {
-                figures.error(code_of(&status));
-                if Instant::now() > give_up {
-                    return None;
-                }
-                figures.retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-            }
-            Err(status) => panic!("a logical create failed for good: {status:?}"),
+) -> Option<Written<proto::Todo>> {
+    let now = Instant::now();
+    let policy = if give_up <= now {
+        RetryPolicy::no_retries()
+    } else {
+        RetryPolicy {
+            budget: give_up - now,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+            ..RetryPolicy::default()
         }
+    };
+    let client = TodoClient::new(channel).with_policy(policy);
+    let options = CallOptions {
+        idempotency_key: Some(key),
+        deadline: None,
+    };
+    let todo = new_todo(&title).todo.unwrap_or_default();
+    let outcome = client.create_todo_with(todo, options).await;
+    let attempts = match &outcome {
+        Ok(written) => &written.attempts,
+        Err(CallError::OutcomeUnknown { attempts, .. }) => attempts,
+        Err(err) => panic!("a logical create failed for good: {err:?}"),
+    };
+    figures
+        .attempts
+        .fetch_add(u64::from(attempts.count), Ordering::Relaxed);
+    let retries = attempts.count - 1;
+    figures
+        .retries
+        .fetch_add(u64::from(retries), Ordering::Relaxed);
+    for code in &attempts.failures {
+        figures.error(*code);
     }
+    outcome.ok()
 }
 
 /// Runs `count` logical creates, `concurrency` at a time, spread over `channels`; returns the
@@ -106,7 +100,7 @@ async fn run_load(
     figures: &Figures,
     give_up: Instant,
 ) -> HashMap<String, proto::Todo> {
-    let results: Vec<(String, Option<Response<proto::Todo>>)> = stream::iter(0..count)
+    let results: Vec<(String, Option<Written<proto::Todo>>)> = stream::iter(0..count)
         .map(|i| {
             let title = format!("{prefix}-{i}");
             let key = format!("{prefix}-key-{i}");
@@ -122,7 +116,7 @@ async fn run_load(
         .await;
     results
         .into_iter()
-        .filter_map(|(title, response)| response.map(|r| (title, r.into_inner())))
+        .filter_map(|(title, written)| written.map(|w| (title, w.value)))
         .collect()
 }
 

@@ -5,6 +5,7 @@ mod helpers;
 mod raw_grpc;
 mod server_process;
 
+mod client;
 mod create;
 mod database;
 mod delete;
