@@ -10,7 +10,15 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from todo_client import TodoClient, load_service_config
+from todo_client import (
+    InvalidArgumentError,
+    KeyReusedError,
+    OutcomeUnknownError,
+    RejectedError,
+    RetryPolicy,
+    TodoClient,
+    load_service_config,
+)
 from todo.v1 import todo_pb2
 
 
@@ -137,9 +145,53 @@ def test_without_gRPC_retries_the_lost_response_is_an_error(server, lossy_proxy)
     # Control for the test above: the same loss without a retry policy fails, so it is the
     # retry (with its key) that saved the call.
     no_retries = '{"methodConfig": [{"name": [{"service": "todo.v1.TodoService"}]}]}'
-    with TodoClient(lossy_proxy.addr, service_config=no_retries) as through_proxy:
-        with pytest.raises(grpc.RpcError) as lost:
+    with TodoClient(
+        lossy_proxy.addr, service_config=no_retries, retry_policy=RetryPolicy.none()
+    ) as through_proxy:
+        with pytest.raises(OutcomeUnknownError) as lost:
             through_proxy.create_todo("lost")
     assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert lost.value.idempotency_key, "the key to retry the write with"
     with TodoClient(server.addr) as direct:
         assert len(list(direct.list_todos())) == 1, "the write happened; only its answer was lost"
+
+
+def test_key_reuse_is_a_typed_error_and_not_retried(client: TodoClient):
+    first = client.create_todo("first")
+    with pytest.raises(KeyReusedError) as reused:
+        client.create_todo("another request", idempotency_key=first.idempotency_key)
+    assert reused.value.idempotency_key == first.idempotency_key
+    assert reused.value.attempts == 1
+    assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_final_answers_are_typed_and_not_retried(client: TodoClient):
+    with pytest.raises(InvalidArgumentError) as blank:
+        client.create_todo("")
+    assert blank.value.violations[0][0] == "todo.title"
+    assert blank.value.attempts == 1
+    with pytest.raises(RejectedError) as missing:
+        client.get_todo(str(uuid.uuid4()))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_callers_deadline_bounds_the_retries():
+    import socket
+    import time
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        addr = "127.0.0.1:%d" % unused.getsockname()[1]
+    with TodoClient(addr) as nobody:
+        started = time.monotonic()
+        with pytest.raises(OutcomeUnknownError) as gave_up:
+            nobody.create_todo("nobody answers", deadline=started + 0.8)
+        elapsed = time.monotonic() - started
+    # wait_for_ready: the attempt waits for a connection until the deadline.
+    assert gave_up.value.attempts >= 1
+    assert gave_up.value.idempotency_key
+    assert gave_up.value.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+    assert elapsed < 1.2, elapsed

@@ -1,0 +1,68 @@
+"""The shared fault scenario's workload (see `todo-faults --help`): TODO_WRITES logical creates
+titled `{TODO_PREFIX}-{i}`, TODO_CONCURRENCY at a time, through the client in todo_client;
+prints the report as the last line of stdout. TODO_RETRIES=off turns every retry off (the
+client's and the channel's): the control run."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE / "generated")]
+
+from todo_client import RetryPolicy, TodoClient, TodoCallError  # noqa: E402
+
+NO_RETRY_CONFIG = '{"methodConfig": [{"name": [{"service": "todo.v1.TodoService"}]}]}'
+
+
+def main() -> None:
+    target = os.environ["TODO_TARGET"]
+    prefix = os.environ["TODO_PREFIX"]
+    writes = int(os.environ["TODO_WRITES"])
+    concurrency = int(os.environ["TODO_CONCURRENCY"])
+    pause = int(os.environ["TODO_PAUSE_MS"]) / 1000
+    retries = os.environ.get("TODO_RETRIES", "on") == "on"
+
+    if retries:
+        client = TodoClient(target)
+    else:
+        client = TodoClient(
+            target, service_config=NO_RETRY_CONFIG, retry_policy=RetryPolicy.none()
+        )
+    lock = threading.Lock()
+    next_index = iter(range(writes))
+    report = {"ok": 0, "errors": 0, "codes": collections.Counter()}
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(next_index, None)
+            if i is None:
+                return
+            try:
+                client.create_todo(f"{prefix}-{i}")
+                with lock:
+                    report["ok"] += 1
+            except TodoCallError as error:
+                with lock:
+                    report["errors"] += 1
+                    report["codes"][error.code().name] += 1
+            time.sleep(pause)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    client.close()
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
