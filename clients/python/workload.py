@@ -29,8 +29,13 @@ def main() -> None:
     pause = int(os.environ["TODO_PAUSE_MS"]) / 1000
     retries = os.environ.get("TODO_RETRIES", "on") == "on"
 
-    if retries:
+    # TODO_RETRY_MODE=channel: only the channel's A6 retry policy (../service-config.json),
+    # no retries of the client's own; for measuring what the service config alone rides out.
+    mode = os.environ.get("TODO_RETRY_MODE") or ("client" if retries else "none")
+    if mode == "client":
         client = TodoClient(target)
+    elif mode == "channel":
+        client = TodoClient(target, retry_policy=RetryPolicy.none())
     else:
         client = TodoClient(
             target, service_config=NO_RETRY_CONFIG, retry_policy=RetryPolicy.none()

@@ -192,10 +192,9 @@ class TodoClient:
         retry_policy: Optional[RetryPolicy] = None,
     ) -> None:
         self._policy = retry_policy or RetryPolicy()
-        retries = self._policy.max_attempts > 1
         options = [
             ("grpc.service_config", service_config or load_service_config()),
-            ("grpc.enable_retries", 1 if retries else 0),
+            ("grpc.enable_retries", 1),
             # Reconnect quickly after a restart (grpc's default starts at 1 s, grows to 120 s).
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
@@ -247,7 +246,8 @@ class TodoClient:
                     request,
                     metadata=self._metadata(idempotency_key),
                     timeout=timeout,
-                    wait_for_ready=policy.max_attempts > 1,
+                    # Without retries of our own, the service config decides.
+                    wait_for_ready=True if policy.max_attempts > 1 else None,
                 )
                 return response, call, failures
             except grpc.RpcError as error:
