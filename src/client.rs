@@ -292,7 +292,10 @@ impl TodoClient {
         todo: proto::Todo,
         options: CallOptions,
     ) -> Result<Written<proto::Todo>, CallError> {
-        let request = proto::CreateTodoRequest { todo: Some(todo) };
+        let request = proto::CreateTodoRequest {
+            todo: Some(todo),
+            ..proto::CreateTodoRequest::default()
+        };
         self.write(request, options, |mut client, request| async move {
             client.create_todo(request).await
         })
@@ -309,6 +312,7 @@ impl TodoClient {
         let request = proto::UpdateTodoRequest {
             todo: Some(todo),
             update_mask,
+            ..proto::UpdateTodoRequest::default()
         };
         self.write(request, options, |mut client, request| async move {
             client.update_todo(request).await

@@ -159,6 +159,7 @@ impl Load {
                 description: self.description.clone(),
                 ..proto::Todo::default()
             }),
+            ..proto::CreateTodoRequest::default()
         }
     }
 

@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn create_without_todo_names_todo() {
-        let err = new_todo(&proto::CreateTodoRequest { todo: None }).unwrap_err();
+        let err = new_todo(&proto::CreateTodoRequest::default()).unwrap_err();
         assert_eq!(fields(err), ["todo"]);
     }
 
@@ -166,6 +166,7 @@ mod tests {
                 description: "x".repeat(4097),
                 ..proto::Todo::default()
             }),
+            ..proto::CreateTodoRequest::default()
         };
         assert_eq!(
             fields(new_todo(&request).unwrap_err()),
@@ -185,6 +186,7 @@ mod tests {
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["completed".to_owned()],
             }),
+            ..proto::UpdateTodoRequest::default()
         };
         let update = update_todo(&request).unwrap();
         assert_eq!(update.patch.completed, Some(true));
@@ -199,6 +201,7 @@ mod tests {
                 ..proto::Todo::default()
             }),
             update_mask: None,
+            ..proto::UpdateTodoRequest::default()
         };
         assert_eq!(
             fields(update_todo(&request).unwrap_err()),

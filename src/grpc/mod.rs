@@ -7,6 +7,7 @@ pub mod connections;
 pub mod convert;
 pub mod edge;
 pub mod guard;
+pub mod keys;
 pub mod limits;
 pub mod metadata;
 mod service;

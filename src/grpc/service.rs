@@ -11,6 +11,7 @@ use tracing::{Instrument, field};
 
 use super::edge::HandlerRan;
 use super::guard::{self, Admitted};
+use super::keys::{self, RequestIdField};
 use super::{convert, metadata};
 use crate::domain::{Caller, PageTokenKey};
 use crate::error::ServiceError;
@@ -174,7 +175,7 @@ impl TodoApi {
         respond: impl Fn(&W::Output) -> R + Send + Sync,
     ) -> Result<Response<R>, Status>
     where
-        M: prost::Message + Send,
+        M: RequestIdField + Send + Sync,
         P: Send,
         W: Work,
         R: prost::Message + Default,
@@ -182,12 +183,13 @@ impl TodoApi {
         let (metadata, extensions, message) = request.into_parts();
         self.observe(rpc, &metadata, &extensions, async {
             let admitted = guard::admitted(&metadata, &extensions)?;
-            let key = idempotency_key(&admitted)?;
+            let key = idempotency_key(&admitted, &message)?;
             let caller = admitted.caller;
             let parsed = parse(&message)?;
-            let keyed = key
-                .filter(|_| rpc.stores_keys)
-                .map(|key| IdempotentRequest::new(caller.clone(), rpc.path, key, &message));
+            let keyed = key.filter(|_| rpc.stores_keys).map(|key| {
+                let fingerprinted = message.without_request_id();
+                IdempotentRequest::new(caller.clone(), rpc.path, key, fingerprinted.as_ref())
+            });
             let write = plan(caller, parsed);
             self.idempotency
                 .execute(keyed.as_ref(), write, respond)
@@ -207,9 +209,9 @@ fn idempotent_outcome<R>(result: &Result<Executed<R>, ServiceError>) -> Option<I
         Ok(_) => None,
         Err(ServiceError::IdempotencyKeyReused) => Some(IdempotentOutcome::Mismatch),
         Err(ServiceError::InvalidArgument(violations))
-            if violations
-                .iter()
-                .any(|v| v.field == metadata::IDEMPOTENCY_KEY) =>
+            if violations.iter().any(|v| {
+                v.field == metadata::IDEMPOTENCY_KEY || v.field == keys::REQUEST_ID_FIELD
+            }) =>
         {
             Some(IdempotentOutcome::InvalidKey)
         }
@@ -217,9 +219,13 @@ fn idempotent_outcome<R>(result: &Result<Executed<R>, ServiceError>) -> Option<I
     }
 }
 
-/// The request's idempotency key (from its headers), recorded in the span as a short hash.
-fn idempotency_key(admitted: &Admitted) -> Result<Option<IdempotencyKey>, ServiceError> {
-    let key = metadata::idempotency_key(&admitted.idempotency_keys)?;
+/// The request's idempotency key (from its headers or its `request_id`), recorded in the span
+/// as a short hash.
+fn idempotency_key(
+    admitted: &Admitted,
+    message: &impl RequestIdField,
+) -> Result<Option<IdempotencyKey>, ServiceError> {
+    let key = keys::idempotency_key(&admitted.idempotency_keys, message)?;
     if let Some(key) = &key {
         tracing::Span::current().record("key_hash", key.log_hash());
     }

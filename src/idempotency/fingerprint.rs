@@ -36,6 +36,7 @@ mod tests {
                 title: title.to_owned(),
                 ..Todo::default()
             }),
+            ..CreateTodoRequest::default()
         }
     }
 

@@ -25,6 +25,7 @@ async fn create_returns_the_stored_todo_with_server_fields(backend: Backend) {
             completed: true,
             ..proto::Todo::default()
         }),
+        ..proto::CreateTodoRequest::default()
     };
     let created = app.create(request, None).await.unwrap().into_inner();
 
@@ -64,6 +65,7 @@ async fn create_ignores_client_supplied_output_fields(backend: Backend) {
             }),
             ..proto::Todo::default()
         }),
+        ..proto::CreateTodoRequest::default()
     };
     let created = app.create(request, None).await.unwrap().into_inner();
     assert_ne!(created.id, "01890a5d-ac96-774b-bcce-b302099a8057");
@@ -119,7 +121,7 @@ async fn create_counts_unicode_scalar_values(backend: Backend) {
 async fn create_without_a_todo_is_invalid(backend: Backend) {
     let app = spawn_app(backend).await;
     let status = app
-        .create(proto::CreateTodoRequest { todo: None }, None)
+        .create(proto::CreateTodoRequest::default(), None)
         .await
         .unwrap_err();
     assert_invalid_field(&status, "todo");

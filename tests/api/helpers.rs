@@ -451,6 +451,7 @@ pub fn new_todo(title: &str) -> proto::CreateTodoRequest {
             title: title.to_owned(),
             ..proto::Todo::default()
         }),
+        ..proto::CreateTodoRequest::default()
     }
 }
 
@@ -459,6 +460,7 @@ pub fn replace(todo: proto::Todo) -> proto::UpdateTodoRequest {
     proto::UpdateTodoRequest {
         todo: Some(todo),
         update_mask: None,
+        ..proto::UpdateTodoRequest::default()
     }
 }
 
@@ -468,6 +470,7 @@ pub fn masked(todo: proto::Todo, paths: &[&str]) -> proto::UpdateTodoRequest {
         update_mask: Some(prost_types::FieldMask {
             paths: paths.iter().map(|p| (*p).to_owned()).collect(),
         }),
+        ..proto::UpdateTodoRequest::default()
     }
 }
 

@@ -15,6 +15,7 @@ mod hardening;
 mod idempotency;
 mod list;
 mod operations;
+mod request_id;
 mod security;
 mod service;
 mod update;

@@ -248,13 +248,7 @@ async fn update_validates_id_and_fields(backend: Backend) {
     assert_invalid_field(&status, "todo.description");
 
     let status = app
-        .update(
-            proto::UpdateTodoRequest {
-                todo: None,
-                update_mask: None,
-            },
-            None,
-        )
+        .update(proto::UpdateTodoRequest::default(), None)
         .await
         .unwrap_err();
     assert_invalid_field(&status, "todo");
