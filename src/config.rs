@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::idempotency::{Retention, SweepSettings};
-use crate::storage::DatabaseSettings;
+use crate::storage::{DatabaseSettings, Isolation};
 
 /// The command line: an optional subcommand (default `serve`) and the configuration.
 #[derive(Debug, Clone, Parser)]
@@ -40,6 +40,15 @@ pub enum Command {
 fn parse_retention(text: &str) -> Result<Retention, String> {
     let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
     Retention::new(duration)
+}
+
+/// `--db-isolation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DbIsolation {
+    /// READ COMMITTED.
+    ReadCommitted,
+    /// SERIALIZABLE, with conflicts (40001, 40P01) retried in the server.
+    Serializable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -91,6 +100,18 @@ pub struct Config {
     /// for one statement. Past it the RPC fails with UNAVAILABLE.
     #[arg(long, env = "TODO_DB_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub db_timeout: Duration,
+
+    /// Isolation of every PostgreSQL transaction: `read-committed` (PostgreSQL's default) or
+    /// `serializable` (as distributed SQL engines run; conflicts are retried in the server).
+    /// SQLite is always serializable.
+    #[arg(
+        long,
+        env = "TODO_DB_ISOLATION",
+        value_enum,
+        default_value = "read-committed",
+        global = true
+    )]
+    pub db_isolation: DbIsolation,
 
     /// Apply pending database migrations at start-up (`true` or `false`).
     #[arg(long, env = "TODO_RUN_MIGRATIONS", default_value_t = true, action = ArgAction::Set, global = true)]
@@ -212,6 +233,10 @@ impl Config {
             url: self.database_url.clone(),
             pool_size: self.db_pool_size,
             timeout: self.db_timeout,
+            isolation: match self.db_isolation {
+                DbIsolation::ReadCommitted => Isolation::ReadCommitted,
+                DbIsolation::Serializable => Isolation::Serializable,
+            },
         }
     }
 

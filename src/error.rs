@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::{FieldViolation, TodoId};
-use crate::storage::{SessionEnded, StorageError};
+use crate::storage::{StorageError, Transient};
 
 /// Any error, as the cause of an internal one.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -119,10 +119,17 @@ impl From<StorageError> for ServiceError {
     }
 }
 
-impl SessionEnded for ServiceError {
+impl Transient for ServiceError {
     fn session_ended(&self) -> bool {
         match self {
             Self::Unavailable(err) | Self::Database(err) => err.session_ended(),
+            _ => false,
+        }
+    }
+
+    fn serialization_conflict(&self) -> bool {
+        match self {
+            Self::Unavailable(err) | Self::Database(err) => err.serialization_conflict(),
             _ => false,
         }
     }

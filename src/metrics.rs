@@ -1,7 +1,7 @@
 //! Prometheus metrics. Each `Application` has its own registry (no global state), served as
 //! text on `GET /metrics` at `--metrics-listen-addr`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -89,6 +89,9 @@ pub struct Metrics {
     sweep_duration: Histogram,
     /// `todo_db_pool_connections{pool, state}`, read at each scrape.
     pool_connections: Family<PoolLabels, Gauge>,
+    /// `todo_db_retries_total{reason}`, brought up to storage's counts at each scrape (under
+    /// the lock, so two scrapes never add the same retries twice).
+    db_retries: Mutex<Family<ReasonLabels, Counter>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -155,6 +158,13 @@ impl Metrics {
             "Database pool connections by pool and state (in_use, idle)",
             pool_connections.clone(),
         );
+        let db_retries = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "todo_db_retries",
+            "Database work run again by the server because it committed nothing, by reason \
+             (serialization_conflict: SQLSTATE 40001/40P01; session_ended: 57P01/57P02)",
+            db_retries.clone(),
+        );
         Self {
             registry,
             idempotent_requests,
@@ -165,6 +175,7 @@ impl Metrics {
             sweeps,
             sweep_duration,
             pool_connections,
+            db_retries: Mutex::new(db_retries),
         }
     }
 
@@ -219,6 +230,17 @@ impl Metrics {
                     state: "idle",
                 })
                 .set(idle);
+        }
+        let retries = storage.retry_counts();
+        if let Ok(db_retries) = self.db_retries.lock() {
+            for (reason, count) in [
+                ("serialization_conflict", &retries.serialization_conflicts),
+                ("session_ended", &retries.sessions_ended),
+            ] {
+                let counter = db_retries.get_or_create(&ReasonLabels { reason });
+                let now = count.load(std::sync::atomic::Ordering::Relaxed);
+                counter.inc_by(now.saturating_sub(counter.get()));
+            }
         }
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {

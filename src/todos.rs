@@ -113,7 +113,7 @@ impl Work for Delete {
 
 pub async fn get(storage: &Storage, caller: &Caller, id: TodoId) -> Result<Todo, ServiceError> {
     storage
-        .retry_ended_sessions(|| storage::find_todo(storage.reader(), caller, id))
+        .retry_transient(|| storage::find_todo(storage.reader(), caller, id))
         .await?
         .ok_or(ServiceError::NotFound(id))
 }
@@ -125,7 +125,7 @@ pub async fn list(
     query: ListQuery,
 ) -> Result<TodoPage, ServiceError> {
     let mut todos = storage
-        .retry_ended_sessions(|| storage::list_todos(storage.reader(), caller, query))
+        .retry_transient(|| storage::list_todos(storage.reader(), caller, query))
         .await?;
     let page_size = usize::try_from(query.page_size.get()).unwrap_or(usize::MAX);
     let next_page_token = if todos.len() > page_size {

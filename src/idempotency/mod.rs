@@ -127,7 +127,9 @@ impl Idempotency {
     /// (an insert alone: one statement). With a key: at most once per key; a call whose key
     /// was already used answers the stored response (see the module docs). An error rolls
     /// everything back and frees the key. An attempt that met a connection whose session the
-    /// database had ended ran nothing, and runs again (`Storage::retry_ended_sessions`).
+    /// database had ended, or that the database rolled back on a serialization conflict or a
+    /// deadlock, committed nothing, and runs again, key claim included
+    /// (`Storage::retry_transient`).
     pub async fn execute<W, R>(
         &self,
         request: Option<&IdempotentRequest>,
@@ -139,7 +141,7 @@ impl Idempotency {
         R: Message + Default,
     {
         self.storage
-            .retry_ended_sessions(|| self.execute_once(request, &write, &respond))
+            .retry_transient(|| self.execute_once(request, &write, &respond))
             .await
     }
 

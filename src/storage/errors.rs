@@ -21,24 +21,44 @@ impl StorageError {
     }
 }
 
-/// Errors that can tell "the database had ended the session of the pooled connection before
-/// this statement ran" (PostgreSQL restarted, failed over, or an operator ran
-/// `pg_terminate_backend`): the statement never ran, so running it again is safe.
-pub trait SessionEnded {
+/// Failures after which running the same work again is safe, because the database committed
+/// none of it, and may well succeed.
+pub trait Transient {
+    /// The database had ended the session of the pooled connection before this statement ran
+    /// (PostgreSQL restarted, failed over, or an operator ran `pg_terminate_backend`).
     fn session_ended(&self) -> bool;
+
+    /// The database rolled the transaction back to keep transactions serializable (SQLSTATE
+    /// 40001, what SERIALIZABLE isolation and distributed SQL engines answer to conflicting
+    /// transactions) or to break a deadlock (40P01). The client is expected to run it again.
+    fn serialization_conflict(&self) -> bool;
 }
 
-impl SessionEnded for StorageError {
+impl StorageError {
+    fn sqlstate(&self) -> Option<std::borrow::Cow<'_, str>> {
+        sqlx_error(&self.source).and_then(|err| match err {
+            sqlx::Error::Database(db) => db.code(),
+            _ => None,
+        })
+    }
+}
+
+impl Transient for StorageError {
     fn session_ended(&self) -> bool {
-        sqlx_error(&self.source)
-            .and_then(|err| match err {
-                sqlx::Error::Database(db) => db.code(),
-                _ => None,
-            })
-            // admin_shutdown, crash_shutdown: the server sends them as it ends the session,
-            // before it reads another statement.
+        // admin_shutdown, crash_shutdown: the server sends them as it ends the session,
+        // before it reads another statement.
+        self.sqlstate()
             .is_some_and(|code| code == "57P01" || code == "57P02")
     }
+
+    fn serialization_conflict(&self) -> bool {
+        self.sqlstate()
+            .is_some_and(|code| is_serialization_conflict(&code))
+    }
+}
+
+fn is_serialization_conflict(code: &str) -> bool {
+    code == "40001" || code == "40P01"
 }
 
 fn sqlx_error(err: &DbErr) -> Option<&sqlx::Error> {
@@ -103,10 +123,13 @@ fn code_is_unavailable(code: &str) -> bool {
     // PostgreSQL: connection exceptions (class 08), admin/crash shutdown and "cannot connect
     // now" (57P01..57P03), statement timeout (57014), too many connections (53300),
     // out of memory/disk (53xxx).
+    // A serialization failure or deadlock (40001, 40P01) that is still there after the
+    // retries (`Storage::retry_transient`): nothing was written; the client may retry.
     if code.starts_with("08")
         || code.starts_with("57P")
         || code.starts_with("53")
         || code == "57014"
+        || is_serialization_conflict(code)
     {
         return true;
     }

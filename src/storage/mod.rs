@@ -8,6 +8,8 @@ mod todo_entity;
 mod todos;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
@@ -17,7 +19,7 @@ use sea_orm::{
     DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
-pub use errors::{During, SessionEnded, StorageError, expect_one_row};
+pub use errors::{During, StorageError, Transient, expect_one_row};
 pub use new_row::NewRow;
 pub use todos::{delete_todo, find_todo, find_todo_for_update, list_todos, todo_row, update_todo};
 
@@ -33,6 +35,31 @@ pub struct DatabaseSettings {
     /// Longest wait to connect, to get a pooled connection, and (PostgreSQL) for a statement;
     /// past it the call fails with UNAVAILABLE.
     pub timeout: Duration,
+    /// The isolation level of every PostgreSQL transaction (SQLite is always serializable).
+    pub isolation: Isolation,
+}
+
+/// Transaction isolation on PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// PostgreSQL's default. Concurrent writers of one row or key wait for each other.
+    #[default]
+    ReadCommitted,
+    /// Every transaction SERIALIZABLE, as distributed SQL engines (CockroachDB, YugabyteDB)
+    /// run: conflicts end in SQLSTATE 40001, and the server runs the transaction again.
+    Serializable,
+}
+
+/// Most times one transaction is run again after a serialization conflict or a deadlock.
+const CONFLICT_RETRIES: u32 = 12;
+
+/// Transactions run again, by reason, since start (for metrics).
+#[derive(Debug, Default)]
+pub struct RetryCounts {
+    /// After a serialization conflict or deadlock (40001, 40P01).
+    pub serialization_conflicts: AtomicU64,
+    /// After the database had ended the pooled connection's session (57P01, 57P02).
+    pub sessions_ended: AtomicU64,
 }
 
 /// The database connections. On PostgreSQL readers and writers share one pool. On SQLite all
@@ -49,6 +76,8 @@ pub struct Storage {
     backend: DbBackend,
     /// Most connections a pool holds: how many dead ones a call can meet in a row.
     pool_size: u32,
+    /// Transactions run again so far (shared by clones).
+    retries: Arc<RetryCounts>,
 }
 
 impl Storage {
@@ -64,6 +93,7 @@ impl Storage {
                 writer: db,
                 backend: DbBackend::Postgres,
                 pool_size: settings.pool_size.max(1),
+                retries: Arc::default(),
             })
         }
     }
@@ -83,6 +113,7 @@ impl Storage {
             writer,
             backend: DbBackend::Sqlite,
             pool_size: settings.pool_size.max(1),
+            retries: Arc::default(),
         })
     }
 
@@ -90,28 +121,48 @@ impl Storage {
         self.backend
     }
 
-    /// Runs `operation`, and again while it fails because the database had ended the session
-    /// of the pooled connection it got (see [`SessionEnded`]): such a statement never ran, and
-    /// each failure discards one dead connection, so this ends after at most pool size + 1
-    /// attempts. A call thus never fails merely because its connection died while idle.
-    pub async fn retry_ended_sessions<T, E, Fut>(
+    /// Runs `operation` (a whole transaction, or one statement), and again while it fails in
+    /// a way that committed nothing (see [`Transient`]):
+    /// - the database had ended the session of the pooled connection it got: each failure
+    ///   discards one dead connection, so this happens at most pool size times in a row; a
+    ///   call never fails merely because its connection died while idle;
+    /// - a serialization conflict or deadlock (40001, 40P01): run again after a pause of 2 ms
+    ///   doubling to 128 ms (with jitter), at most [`CONFLICT_RETRIES`] times; past that the
+    ///   error is UNAVAILABLE (never INTERNAL).
+    pub async fn retry_transient<T, E, Fut>(
         &self,
         mut operation: impl FnMut() -> Fut,
     ) -> Result<T, E>
     where
         Fut: Future<Output = Result<T, E>>,
-        E: SessionEnded,
+        E: Transient,
     {
-        let mut attempts_left = self.pool_size + 1;
+        let mut sessions_left = self.pool_size + 1;
+        let mut conflicts = 0;
         loop {
             match operation().await {
-                Err(err) if err.session_ended() && attempts_left > 1 => {
-                    attempts_left -= 1;
+                Err(err) if err.session_ended() && sessions_left > 1 => {
+                    sessions_left -= 1;
+                    self.retries.sessions_ended.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("pooled connection's session had ended; trying another");
+                }
+                Err(err) if err.serialization_conflict() && conflicts < CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    self.retries
+                        .serialization_conflicts
+                        .fetch_add(1, Ordering::Relaxed);
+                    let ceiling = Duration::from_millis(2u64 << conflicts.min(6));
+                    tracing::debug!(conflicts, "serialization conflict; running it again");
+                    tokio::time::sleep(ceiling.mul_f64(rand::random_range(0.5..=1.0))).await;
                 }
                 result => return result,
             }
         }
+    }
+
+    /// Transactions run again so far, by reason.
+    pub fn retry_counts(&self) -> &RetryCounts {
+        &self.retries
     }
 
     /// For reads outside a transaction.
@@ -171,7 +222,7 @@ impl Storage {
 
     /// Whether the database answers (on a live connection: dead pooled ones are skipped).
     pub async fn ping(&self) -> Result<(), StorageError> {
-        self.retry_ended_sessions(|| async {
+        self.retry_transient(|| async {
             self.reader
                 .execute_unprepared("SELECT 1")
                 .await
@@ -250,9 +301,16 @@ fn sqlite_options(settings: &DatabaseSettings, pool_size: u32) -> ConnectOptions
 
 fn postgres_options(settings: &DatabaseSettings) -> ConnectOptions {
     let statement_timeout = format!("{}ms", settings.timeout.as_millis());
+    let isolation = match settings.isolation {
+        Isolation::ReadCommitted => "read committed",
+        Isolation::Serializable => "serializable",
+    };
     let mut options = common_options(settings, settings.pool_size);
     options.map_sqlx_postgres_opts(move |pg| {
-        pg.options([("statement_timeout", statement_timeout.as_str())])
+        pg.options([
+            ("statement_timeout", statement_timeout.as_str()),
+            ("default_transaction_isolation", isolation),
+        ])
     });
     options
 }

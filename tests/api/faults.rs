@@ -180,11 +180,20 @@ fn print_figures(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_on_one_postgres_write_each_key_once() {
+    three_replicas_write_each_key_once(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_write_each_key_once_in_serializable_mode() {
+    three_replicas_write_each_key_once(&["--db-isolation", "serializable"]).await;
+}
+
+async fn three_replicas_write_each_key_once(args: &[&str]) {
     let db = TestDatabase::new(Backend::Postgres).await;
     migrate(&db).await;
     let mut replicas = Vec::new();
     for _ in 0..3 {
-        replicas.push(ServerProcess::start(&db.url, "127.0.0.1:0", &[]).await);
+        replicas.push(ServerProcess::start(&db.url, "127.0.0.1:0", args).await);
     }
     let channels: Vec<Channel> = replicas.iter().map(ServerProcess::channel).collect();
 
@@ -237,8 +246,8 @@ async fn three_replicas_on_one_postgres_write_each_key_once() {
         .scalar("SELECT COUNT(*) FROM (SELECT title FROM todos GROUP BY title HAVING COUNT(*) > 1) AS d")
         .await;
     println!(
-        "replicas: 96 same-key calls -> 1 row, {fresh} fresh; 1000 keys x 3 copies -> {} rows \
-         ({} duplicates) in {:?}",
+        "replicas {args:?}: 96 same-key calls -> 1 row, {fresh} fresh; 1000 keys x 3 copies -> \
+         {} rows ({} duplicates) in {:?}",
         rows - 1,
         duplicates,
         started.elapsed()

@@ -187,6 +187,7 @@ impl TestDatabase {
             url: self.url.clone(),
             pool_size: 2,
             timeout: std::time::Duration::from_secs(5),
+            isolation: Default::default(),
         })
         .await
         .expect("connect to the test's database");

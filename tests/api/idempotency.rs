@@ -289,10 +289,13 @@ async fn a_create_whose_insert_fails_in_the_database_leaves_its_key_free(backend
 }
 
 async fn concurrent_same_key_creates_make_exactly_one_todo(backend: Backend) {
-    let app = spawn_app(backend).await;
+    same_key_creates_race_into_one_todo(&spawn_app(backend).await).await;
+}
+
+/// 64 concurrent creates with one key: one todo, one fresh answer, 63 replays of it.
+pub async fn same_key_creates_race_into_one_todo(app: &TestApp) {
     let key = fresh_key();
     let calls = (0..64).map(|_| {
-        let app = &app;
         let key = key.clone();
         async move { app.create(new_todo("racing"), Some(&key)).await }
     });
@@ -414,13 +417,16 @@ async fn wait_until_the_server_waits_for(app: &TestApp, claim: &sea_orm::Databas
 }
 
 async fn concurrent_same_key_updates_write_once(backend: Backend) {
-    let app = spawn_app(backend).await;
+    same_key_updates_race_into_one_write(&spawn_app(backend).await).await;
+}
+
+/// 32 concurrent updates with one key: written once, 31 replays.
+pub async fn same_key_updates_race_into_one_write(app: &TestApp) {
     let todo = app.create_todo("counter").await;
     let key = fresh_key();
     let mut update = todo.clone();
     update.title = "updated once".to_owned();
     let calls = (0..32).map(|_| {
-        let app = &app;
         let key = key.clone();
         let request = masked(update.clone(), &["title"]);
         async move { app.update(request, Some(&key)).await }

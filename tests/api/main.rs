@@ -17,5 +17,6 @@ mod list;
 mod operations;
 mod request_id;
 mod security;
+mod serializable;
 mod service;
 mod update;
