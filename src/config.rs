@@ -101,6 +101,11 @@ pub struct Config {
     #[arg(long, env = "TODO_DB_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub db_timeout: Duration,
 
+    /// Export traces over OTLP/gRPC to this collector endpoint (e.g. `http://127.0.0.1:4317`:
+    /// an OpenTelemetry Collector, Jaeger or Tempo). Unset: no spans are exported, at no cost.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+
     /// Isolation of every PostgreSQL transaction: `read-committed` (PostgreSQL's default) or
     /// `serializable` (as distributed SQL engines run; conflicts are retried in the server).
     /// SQLite is always serializable.

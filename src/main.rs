@@ -11,11 +11,21 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = cli.config;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    if let Err(err) = telemetry::init(std::io::stdout, config.log_format, ansi) {
-        eprintln!("cannot set up logging: {err}");
-        return ExitCode::FAILURE;
-    }
-    match cli.command.unwrap_or(Command::Serve) {
+    let otlp_endpoint = config.otlp_endpoint.as_deref();
+    let telemetry = match telemetry::init(std::io::stdout, config.log_format, ansi, otlp_endpoint) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("cannot set up logging and tracing: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = run(cli.command.unwrap_or(Command::Serve), &config).await;
+    telemetry.shutdown();
+    status
+}
+
+async fn run(command: Command, config: &todo_service::config::Config) -> ExitCode {
+    match command {
         Command::HashToken => {
             let mut token = String::new();
             if let Err(err) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut token) {
@@ -30,7 +40,7 @@ async fn main() -> ExitCode {
             println!("{}", todo_service::auth::hash_token(token));
             ExitCode::SUCCESS
         }
-        Command::Sweep => match sweep_once(&config).await {
+        Command::Sweep => match sweep_once(config).await {
             Ok(report) => {
                 tracing::info!(
                     rows_deleted = report.rows_deleted,
@@ -45,7 +55,7 @@ async fn main() -> ExitCode {
             }
         },
         Command::Serve => {
-            let app = match Application::build(&config).await {
+            let app = match Application::build(config).await {
                 Ok(app) => app,
                 Err(err) => {
                     tracing::error!(error = %Chain(&err), "start-up failed");

@@ -21,6 +21,7 @@ use crate::idempotency::{
 use crate::metrics::{IdempotentOutcome, Metrics, code_name};
 use crate::proto::{self, todo_service_server::TodoService};
 use crate::storage::Storage;
+use crate::telemetry;
 use crate::todos;
 
 /// One RPC: its short name (for logs and metrics), its full path (the idempotency scope), and
@@ -33,6 +34,9 @@ struct Rpc {
     /// idempotent by nature (DeleteTodo) checks the key's form but stores nothing.
     stores_keys: bool,
 }
+
+/// The full name of the service, as in its RPC paths.
+const SERVICE_NAME: &str = "todo.v1.TodoService";
 
 /// An [`Rpc`] of TodoService by its method name; the path is derived from it.
 macro_rules! rpc {
@@ -123,7 +127,19 @@ impl TodoApi {
             outcome = field::Empty,
             code = field::Empty,
             latency_ms = field::Empty,
+            trace_id = field::Empty,
+            otel.name = field::Empty,
+            otel.kind = field::Empty,
+            otel.status_code = field::Empty,
+            rpc.system = field::Empty,
+            rpc.service = field::Empty,
+            rpc.method = field::Empty,
+            rpc.grpc.status_code = field::Empty,
         );
+        let exporting = telemetry::exporting_traces();
+        if exporting {
+            trace_rpc(&span, rpc, metadata);
+        }
         async move {
             let started = Instant::now();
             let deadline = tokio::time::Instant::from_std(arrived) + time_limit;
@@ -143,6 +159,12 @@ impl TodoApi {
             span.record("outcome", outcome);
             span.record("code", code_name(code));
             span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+            if exporting {
+                span.record("rpc.grpc.status_code", code as i64);
+                if is_server_error(code) {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
             tracing::info!("rpc finished");
             self.metrics.record_rpc(rpc.name, code, latency);
             if let Some(outcome) = idempotent_outcome(&result) {
@@ -197,6 +219,42 @@ impl TodoApi {
         })
         .await
     }
+}
+
+/// Makes `span` the OpenTelemetry server span of the call (semantic conventions for RPC),
+/// continuing the caller's trace (W3C `traceparent`), and records its trace id, which ties the
+/// call's log lines (`request_id`, `trace_id`) to the trace.
+fn trace_rpc(span: &tracing::Span, rpc: Rpc, metadata: &MetadataMap) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    span.record("otel.name", rpc.path.trim_start_matches('/'));
+    span.record("otel.kind", "server");
+    span.record("rpc.system", "grpc");
+    span.record("rpc.service", SERVICE_NAME);
+    span.record("rpc.method", rpc.name);
+    let parent = telemetry::remote_context(metadata.as_ref());
+    if parent.span().span_context().is_valid() {
+        // Only fails without the OpenTelemetry layer, which `exporting` rules out.
+        let _ = span.set_parent(parent);
+    }
+    let trace_id = span.context().span().span_context().trace_id();
+    span.record("trace_id", trace_id.to_string());
+}
+
+/// Whether a status means the server failed (an ERROR span), per the RPC semantic conventions
+/// for servers: the client's mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) are not.
+fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 /// How a call counts in `todo_idempotent_requests_total`, if it does.

@@ -30,6 +30,7 @@ mod write;
 
 use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend};
+use tracing::Instrument;
 
 pub use fingerprint::RequestFingerprint;
 pub use key::IdempotencyKey;
@@ -41,7 +42,7 @@ pub use write::{InsertOnly, Work, Write};
 
 use crate::domain::{Caller, Timestamp};
 use crate::error::ServiceError;
-use crate::storage::{During, NewRow, Storage};
+use crate::storage::{During, NewRow, Storage, statement, statement_span};
 use persistence::{ClaimWithInsert, StoredKey};
 
 /// A write call that carries an idempotency key: its scope (caller, method, key) and what the
@@ -231,10 +232,9 @@ impl Idempotency {
                     }
                 }
                 Write::Insert { row, output } => {
-                    let backend = self.storage.backend();
-                    txn.execute_raw(row.clone().insert_statement(backend))
-                        .await
-                        .during("insert row")?;
+                    let insert =
+                        txn.execute_raw(row.clone().insert_statement(txn.get_database_backend()));
+                    statement(&txn, "insert row", insert).await?;
                     let response = respond(output);
                     let bytes = response.encode_to_vec();
                     persistence::claim(&txn, request, Some(bytes), now, cutoff)
@@ -267,12 +267,10 @@ impl Idempotency {
     ) -> Result<R, ServiceError> {
         match write {
             Write::Insert { row, output } => {
-                let statement = row.clone().insert_statement(self.storage.backend());
-                self.storage
-                    .writer()
-                    .execute_raw(statement)
-                    .await
-                    .during("insert row")?;
+                let writer = self.storage.writer();
+                let insert =
+                    writer.execute_raw(row.clone().insert_statement(self.storage.backend()));
+                statement(writer, "insert row", insert).await?;
                 Ok(respond(output))
             }
             Write::Transaction(work) => {
@@ -286,7 +284,8 @@ impl Idempotency {
 }
 
 async fn commit(txn: DatabaseTransaction) -> Result<(), ServiceError> {
-    Ok(txn.commit().await.during("commit")?)
+    let span = statement_span(txn.get_database_backend(), "commit");
+    Ok(txn.commit().instrument(span).await.during("commit")?)
 }
 
 fn claim_attempts_exhausted(request: &IdempotentRequest) -> ServiceError {

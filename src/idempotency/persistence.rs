@@ -9,7 +9,7 @@ use sea_orm::{DatabaseTransaction, DbBackend, QuerySelect, Statement, TryInsertR
 
 use super::{IdempotentRequest, RequestFingerprint};
 use crate::domain::Timestamp;
-use crate::storage::{During, NewRow, StorageError, expect_one_row};
+use crate::storage::{NewRow, StorageError, expect_one_row, statement};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "idempotency_keys")]
@@ -45,7 +45,7 @@ pub async fn find_live<C: ConnectionTrait>(
     request: &IdempotentRequest,
     cutoff: Timestamp,
 ) -> Result<Option<StoredKey>, StorageError> {
-    let row: Option<(Vec<u8>, Option<Vec<u8>>)> = Entity::find_by_id((
+    let row = Entity::find_by_id((
         request.caller.as_str().to_owned(),
         request.method.to_owned(),
         request.key.as_str().to_owned(),
@@ -54,9 +54,9 @@ pub async fn find_live<C: ConnectionTrait>(
     .columns([Column::Fingerprint, Column::Response])
     .filter(Column::CreatedAtUs.gte(cutoff.unix_micros()))
     .into_tuple()
-    .one(db)
-    .await
-    .during("find idempotency key")?;
+    .one(db);
+    let row: Option<(Vec<u8>, Option<Vec<u8>>)> =
+        statement(db, "find idempotency key", row).await?;
     Ok(row.map(|(fingerprint, response)| StoredKey {
         fingerprint: RequestFingerprint::from_slice(&fingerprint),
         response,
@@ -87,12 +87,11 @@ pub async fn claim(
         .update_columns([Column::Fingerprint, Column::Response, Column::CreatedAtUs])
         .action_and_where(Expr::col((Entity, Column::CreatedAtUs)).lt(cutoff.unix_micros()))
         .to_owned();
-    let result = Entity::insert(row)
+    let insert = Entity::insert(row)
         .on_conflict(on_conflict)
         .try_insert()
-        .exec_without_returning(txn)
-        .await
-        .during("claim idempotency key")?;
+        .exec_without_returning(txn);
+    let result = statement(txn, "claim idempotency key", insert).await?;
     Ok(matches!(result, TryInsertResult::Inserted(n) if n > 0))
 }
 
@@ -108,9 +107,8 @@ pub async fn save_response(
         .filter(Column::Caller.eq(request.caller.as_str()))
         .filter(Column::Method.eq(request.method))
         .filter(Column::Key.eq(request.key.as_str()))
-        .exec(txn)
-        .await
-        .during(OPERATION)?;
+        .exec(txn);
+    let result = statement(txn, OPERATION, result).await?;
     expect_one_row(result.rows_affected, OPERATION)
 }
 
@@ -149,10 +147,10 @@ pub async fn claim_with_insert<C: ConnectionTrait>(
         now.unix_micros().into(),
     ];
     values.extend(row.into_values());
-    let statement = Statement::from_sql_and_values(DbBackend::Postgres, sql, values);
+    let claim = Statement::from_sql_and_values(DbBackend::Postgres, sql, values);
     let read = async {
         let result = db
-            .query_one_raw(statement)
+            .query_one_raw(claim)
             .await?
             .ok_or_else(|| DbErr::RecordNotFound("the claim statement returned no row".into()))?;
         let claimed: bool = result.try_get("", "claimed")?;
@@ -160,7 +158,8 @@ pub async fn claim_with_insert<C: ConnectionTrait>(
         let response: Option<Vec<u8>> = result.try_get("", "response")?;
         Ok((claimed, fingerprint, response))
     };
-    let (claimed, fingerprint, response) = read.await.during("claim idempotency key and insert")?;
+    let (claimed, fingerprint, response) =
+        statement(db, "claim idempotency key and insert", read).await?;
     if claimed {
         return Ok(ClaimWithInsert::Claimed);
     }

@@ -4,6 +4,7 @@
 mod errors;
 mod new_row;
 mod settings;
+mod statement;
 mod todo_entity;
 mod todos;
 
@@ -21,6 +22,7 @@ use sea_orm::{
 
 pub use errors::{During, StorageError, Transient, expect_one_row};
 pub use new_row::NewRow;
+pub use statement::{statement, statement_span};
 pub use todos::{delete_todo, find_todo, find_todo_for_update, list_todos, todo_row, update_todo};
 
 use crate::domain::PageTokenKey;

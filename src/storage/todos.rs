@@ -8,7 +8,8 @@ use sea_orm::{
 };
 
 use super::NewRow;
-use super::errors::{During, StorageError, expect_one_row};
+use super::errors::{StorageError, expect_one_row};
+use super::statement::statement;
 use super::todo_entity::{ActiveModel, Column, Entity, Model};
 use crate::domain::{Caller, ListQuery, Timestamp, Todo, TodoDescription, TodoId, TodoTitle};
 
@@ -61,12 +62,14 @@ pub async fn find_todo<C: ConnectionTrait>(
     owner: &Caller,
     id: TodoId,
 ) -> Result<Option<Todo>, StorageError> {
-    Entity::find_by_id(id.as_uuid())
+    let find = Entity::find_by_id(id.as_uuid())
         .filter(Column::Owner.eq(owner.as_str()))
-        .one(db)
-        .await
-        .and_then(|model| model.map(to_domain).transpose())
-        .during("find todo")
+        .one(db);
+    statement(db, "find todo", async {
+        find.await
+            .and_then(|model| model.map(to_domain).transpose())
+    })
+    .await
 }
 
 /// Reads a todo and locks its row until the transaction ends (PostgreSQL `FOR UPDATE`; on
@@ -76,13 +79,15 @@ pub async fn find_todo_for_update(
     owner: &Caller,
     id: TodoId,
 ) -> Result<Option<Todo>, StorageError> {
-    Entity::find_by_id(id.as_uuid())
+    let find = Entity::find_by_id(id.as_uuid())
         .filter(Column::Owner.eq(owner.as_str()))
         .lock_exclusive()
-        .one(txn)
-        .await
-        .and_then(|model| model.map(to_domain).transpose())
-        .during("find todo for update")
+        .one(txn);
+    statement(txn, "find todo for update", async {
+        find.await
+            .and_then(|model| model.map(to_domain).transpose())
+    })
+    .await
 }
 
 /// Writes every mutable field of `todo` over the stored row.
@@ -102,9 +107,8 @@ pub async fn update_todo(
         .col_expr(Column::Revision, Expr::value(todo.revision))
         .filter(Column::Id.eq(todo.id.as_uuid()))
         .filter(Column::Owner.eq(owner.as_str()))
-        .exec(txn)
-        .await
-        .during("update todo")?;
+        .exec(txn);
+    let result = statement(txn, "update todo", result).await?;
     expect_one_row(result.rows_affected, "update todo")
 }
 
@@ -114,11 +118,10 @@ pub async fn delete_todo<C: ConnectionTrait>(
     owner: &Caller,
     id: TodoId,
 ) -> Result<bool, StorageError> {
-    let result = Entity::delete_by_id(id.as_uuid())
+    let delete = Entity::delete_by_id(id.as_uuid())
         .filter(Column::Owner.eq(owner.as_str()))
-        .exec(db)
-        .await
-        .during("delete todo")?;
+        .exec(db);
+    let result = statement(db, "delete todo", delete).await?;
     Ok(result.rows_affected > 0)
 }
 
@@ -136,11 +139,13 @@ pub async fn list_todos<C: ConnectionTrait>(
     if let Some(after) = query.after {
         select = select.filter(Column::Id.gt(after.as_uuid()));
     }
-    select
+    let page = select
         .order_by_asc(Column::Id)
         .limit(query.page_size.get() + 1)
-        .all(db)
-        .await
-        .and_then(|models| models.into_iter().map(to_domain).collect())
-        .during("list todos")
+        .all(db);
+    statement(db, "list todos", async {
+        page.await
+            .and_then(|models| models.into_iter().map(to_domain).collect())
+    })
+    .await
 }

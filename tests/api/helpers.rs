@@ -53,9 +53,9 @@ fn init_logs() {
     static LOGS: OnceLock<()> = OnceLock::new();
     LOGS.get_or_init(|| {
         let result = if std::env::var_os("TEST_LOG").is_some() {
-            todo_service::telemetry::init(std::io::stdout, LogFormat::Text, false)
+            todo_service::telemetry::init(std::io::stdout, LogFormat::Text, false, None)
         } else {
-            todo_service::telemetry::init(std::io::sink, LogFormat::Text, false)
+            todo_service::telemetry::init(std::io::sink, LogFormat::Text, false, None)
         };
         drop(result);
     });

@@ -19,4 +19,5 @@ mod request_id;
 mod security;
 mod serializable;
 mod service;
+mod tracing;
 mod update;
