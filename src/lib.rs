@@ -12,7 +12,8 @@
 //!   serves TodoService, health and reflection until the caller's shutdown signal.
 //! - [`config`]: the clap `Config` (`--help` is the reference).
 //! - [`auth`]: callers and their bearer tokens (the tokens file).
-//! - [`telemetry`]: tracing subscriber set-up (text or JSON).
+//! - [`telemetry`]: tracing subscriber set-up (text or JSON logs; spans exported over OTLP
+//!   when an endpoint is set).
 //! - [`ticker`]: the schedule of background tasks (health checks, key sweeper).
 //! - [`health`]: the health service, kept in step with the database.
 //! - [`metrics`]: Prometheus registry and the `/metrics` endpoint.
