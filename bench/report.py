@@ -89,6 +89,35 @@ def main(out: Path) -> None:
                   + ", ".join(f"{c} in flight {rate('postgres-no-tls', 'create-keyed', c):.0f}/s"
                               for c in levels if rate("postgres-no-tls", "create-keyed", c)))
 
+    # CPU per call: the steadiest figure on a machine whose cores the load generator, the server
+    # and the database share. Floors: the transport alone (health, answered from memory) and
+    # pgbench running the service's own keyed-create statement.
+    pg_db_cpu = {r["concurrency"]: r.get("database_cpu_us_per_tx") for r in floors if r.get("tls", True)}
+    md.append("\n### CPU per call (microseconds: server / database), and ratios to the floors\n")
+    md.append("| scenario | " + " | ".join(f"{c} in flight" for c in levels) + " |")
+    md.append("|---|" + "---|" * len(levels))
+    for label in ("postgres", "sqlite"):
+        for scenario in scenarios:
+            cells = []
+            for c in levels:
+                r = by.get((label, scenario, c))
+                server = r and r.get("server_cpu_us_per_call")
+                health = by.get((label, "health", c))
+                health = health and health.get("server_cpu_us_per_call")
+                if not server:
+                    cells.append("")
+                    continue
+                cell = f"{server:.0f}"
+                database = r.get("database_cpu_us_per_call")
+                if label == "postgres" and database is not None:
+                    cell += f" / {database:.0f}"
+                if health:
+                    cell += f" ({server / health:.1f}x health)"
+                cells.append(cell)
+            md.append(f"| {label} {scenario} | " + " | ".join(cells) + " |")
+    md.append("| pgbench keyed-create SQL (database CPU per transaction) | "
+              + " | ".join(f"{pg_db_cpu[c]:.0f}" if pg_db_cpu.get(c) else "" for c in levels) + " |")
+
     scale_labels = sorted({r["label"] for r in results if r["label"].startswith("pg-") and r["label"] != "pg-empty"})
     md.append("\n### Scale: 32 in flight, PostgreSQL\n")
     md.append("| key table | create-keyed calls/s | replay calls/s | create-keyed p99 ms |")
@@ -130,6 +159,23 @@ def main(out: Path) -> None:
             if e and s:
                 ratio = s["calls_per_second"] / e["calls_per_second"]
                 target(f"{scenario} with {label} >= 0.9 x near-empty", ratio, ratio >= 0.9)
+    def cpu(label, scenario, c, key="server_cpu_us_per_call"):
+        r = by.get((label, scenario, c))
+        return r.get(key) if r else None
+
+    health32 = cpu("postgres", "health", 32)
+    for scenario, bound in (("get", 2.5), ("create-keyed", 3.5)):
+        s = cpu("postgres", scenario, 32)
+        if s and health32:
+            target(f"server CPU per {scenario} <= {bound}x health (PostgreSQL, 32)", s / health32,
+                   s / health32 <= bound, "{:.2f}x")
+    replay, get = cpu("postgres", "replay", 32), cpu("postgres", "get", 32)
+    if replay and get:
+        target("server CPU per replay <= per get (PostgreSQL, 32)", replay / get, replay <= get, "{:.2f}x")
+    db, floor = cpu("postgres", "create-keyed", 32, "database_cpu_us_per_call"), pg_db_cpu.get(32)
+    if db and floor:
+        target("database CPU per keyed create <= pgbench's per transaction (32)", db / floor,
+               db <= floor, "{:.2f}x")
     for label, kib in rss.items():
         target(f"{label}: server peak RSS (64 in flight) <= 64 MiB", kib / 1024, kib / 1024 <= 64, "{:.1f} MiB")
     _ = empty

@@ -55,10 +55,17 @@ fresh_pg_db() { # $1 = name
   psql -d test -qc "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" 2>/dev/null
 }
 bench() { # label scenario concurrency
+  # CPU per call: the server's (its pid) and the database's (every `postgres` process; on
+  # SQLite the database runs inside the server), over the measured window only.
   "$bench_bin" --target "http://$server_addr" --scenario "$2" --concurrency "$3" \
     --connections "$(( $3 < 4 ? 1 : 4 ))" --duration "$DURATION" --warmup "$WARMUP" \
+    --server-pid "$server_pid" --database-process postgres \
     --json --label "$1" 2>/dev/null >> "$out/results.jsonl"
   tail -n 1 "$out/results.jsonl"
+}
+# CPU ticks (1/100 s) of every PostgreSQL process: for pgbench's database CPU per transaction.
+pg_cpu_ticks() {
+  cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 == "(postgres)" {t += $14 + $15} END {print t + 0}'
 }
 
 for backend in sqlite postgres; do
@@ -80,9 +87,14 @@ done
 # same TCP connection to 127.0.0.1 (and the same TLS negotiation) as the service.
 pgbench_floor() { # $1 = libpq sslmode, $2 = tls true/false
   for c in $LEVELS; do
-    tps=$(PGSSLMODE=$1 pgbench -n -M prepared -c "$c" -j "$(( c < 2 ? 1 : 2 ))" -T "${DURATION%s}" \
-          -f bench/keyed-create.sql todo_bench 2>/dev/null | sed -nE 's/^tps = ([0-9.]+).*/\1/p')
-    echo "{\"key\": \"pgbench\", \"tls\": $2, \"concurrency\": $c, \"tps\": $tps}" | tee -a "$out/pgbench.jsonl"
+    before=$(pg_cpu_ticks)
+    result=$(PGSSLMODE=$1 pgbench -n -M prepared -c "$c" -j "$(( c < 2 ? 1 : 2 ))" -T "${DURATION%s}" \
+          -f bench/keyed-create.sql todo_bench 2>/dev/null)
+    after=$(pg_cpu_ticks)
+    tps=$(echo "$result" | sed -nE 's/^tps = ([0-9.]+).*/\1/p')
+    txs=$(echo "$result" | sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p')
+    db_us=$(awk -v t="$(( after - before ))" -v n="$txs" 'BEGIN {printf "%.1f", n > 0 ? t * 10000 / n : 0}')
+    echo "{\"key\": \"pgbench\", \"tls\": $2, \"concurrency\": $c, \"tps\": $tps, \"database_cpu_us_per_tx\": $db_us}" | tee -a "$out/pgbench.jsonl"
   done
 }
 pgbench_floor prefer true

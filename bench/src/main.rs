@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod cpu;
+
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -90,6 +92,14 @@ struct Args {
     /// attempt and every failure is counted.
     #[arg(long)]
     retries: bool,
+    /// The server's process id: report its CPU time (user + system, from /proc) per measured
+    /// call.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The database's process name (e.g. `postgres`): report the CPU time of every process of
+    /// that name per measured call.
+    #[arg(long)]
+    database_process: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +114,10 @@ struct Report {
     calls_per_second: f64,
     latency_ms: Latency,
     errors: BTreeMap<String, u64>,
+    /// The server's CPU microseconds per call (with `--server-pid`).
+    server_cpu_us_per_call: Option<f64>,
+    /// The database's CPU microseconds per call (with `--database-process`).
+    database_cpu_us_per_call: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -373,6 +387,7 @@ async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         warmer.await?;
     }
 
+    let cpu_before = cpu::Sample::take(args.server_pid, args.database_process.as_deref());
     let started = Instant::now();
     let until = started + args.duration;
     let budget = args.calls.map(|calls| Arc::new(AtomicU64::new(calls)));
@@ -413,6 +428,9 @@ async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         calls += tally.calls;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let (server_cpu_us_per_call, database_cpu_us_per_call) =
+        cpu::Sample::take(args.server_pid, args.database_process.as_deref())
+            .per_call_since(&cpu_before, calls);
     done.store(1, Ordering::Relaxed);
     progress.abort();
 
@@ -434,6 +452,8 @@ async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
             max: histogram.max() as f64 / 1000.0,
         },
         errors,
+        server_cpu_us_per_call,
+        database_cpu_us_per_call,
     })
 }
 
@@ -459,6 +479,12 @@ fn print_table(report: &Report) {
         report.latency_ms.max,
         report.errors
     );
+    if let Some(server) = report.server_cpu_us_per_call {
+        println!("server CPU per call: {server:.1} us");
+    }
+    if let Some(database) = report.database_cpu_us_per_call {
+        println!("database CPU per call: {database:.1} us");
+    }
 }
 
 #[tokio::main]

@@ -1,0 +1,105 @@
+//! CPU time of processes, from /proc: the server's own (one pid) and the database's (every
+//! process with a given command name, e.g. all PostgreSQL backends and helpers), user + system,
+//! so a run can report CPU microseconds per call.
+
+use std::time::Duration;
+
+/// Linux's USER_HZ: /proc reports CPU time in these ticks.
+const TICKS_PER_SECOND: u64 = 100;
+
+/// utime + stime of process `pid` (all its threads), if it exists.
+pub fn of_pid(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    ticks_in_stat(&stat).map(ticks_to_duration)
+}
+
+/// utime + stime of every process whose command name is `name`.
+pub fn of_processes_named(name: &str) -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    let mut ticks = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(pid) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let comm = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map(|(comm, _)| comm);
+        if comm == Some(name) {
+            ticks += ticks_in_stat(&stat).unwrap_or(0);
+        }
+    }
+    ticks_to_duration(ticks)
+}
+
+fn ticks_in_stat(stat: &str) -> Option<u64> {
+    // Fields after the command name (which may hold spaces and parentheses) start after its
+    // last ')': state is field 3, utime 14 and stime 15.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn ticks_to_duration(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
+}
+
+/// CPU time used by the server and the database between two samples.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    server: Option<Duration>,
+    database: Option<Duration>,
+}
+
+impl Sample {
+    pub fn take(server_pid: Option<u32>, database_process: Option<&str>) -> Self {
+        Self {
+            server: server_pid.and_then(of_pid),
+            database: database_process.map(of_processes_named),
+        }
+    }
+
+    /// (server, database) CPU microseconds per call since `earlier`.
+    pub fn per_call_since(&self, earlier: &Sample, calls: u64) -> (Option<f64>, Option<f64>) {
+        let per_call = |now: Option<Duration>, then: Option<Duration>| {
+            let used = now?.checked_sub(then?)?;
+            (calls > 0).then(|| used.as_secs_f64() * 1e6 / calls as f64)
+        };
+        (
+            per_call(self.server, earlier.server),
+            per_call(self.database, earlier.database),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_read_after_the_command_name() {
+        let stat = "42 (todo (server) x) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9";
+        assert_eq!(ticks_in_stat(stat), Some(325));
+    }
+
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        let mut spent = 0u64;
+        for i in 0..20_000_000u64 {
+            spent = spent.wrapping_add(i * i);
+        }
+        assert!(spent > 0);
+        assert!(of_pid(std::process::id()).is_some());
+    }
+}
