@@ -63,9 +63,12 @@ bench() { # label scenario concurrency
     --json --label "$1" 2>/dev/null >> "$out/results.jsonl"
   tail -n 1 "$out/results.jsonl"
 }
-# CPU ticks (1/100 s) of every PostgreSQL process: for pgbench's database CPU per transaction.
+# CPU ticks (1/100 s) of every PostgreSQL process, plus the CPU of the ones that have exited
+# (the postmaster's cutime + cstime: pgbench's backends end with it), for pgbench's database
+# CPU per transaction.
 pg_cpu_ticks() {
-  cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 == "(postgres)" {t += $14 + $15} END {print t + 0}'
+  # (processes that exit while being read make cat fail: not an error here)
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '$2 == "(postgres)" {t += $14 + $15 + $16 + $17} END {print t + 0}'
 }
 
 for backend in sqlite postgres; do
@@ -93,7 +96,7 @@ pgbench_floor() { # $1 = libpq sslmode, $2 = tls true/false
     after=$(pg_cpu_ticks)
     tps=$(echo "$result" | sed -nE 's/^tps = ([0-9.]+).*/\1/p')
     txs=$(echo "$result" | sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p')
-    db_us=$(awk -v t="$(( after - before ))" -v n="$txs" 'BEGIN {printf "%.1f", n > 0 ? t * 10000 / n : 0}')
+    db_us=$(awk -v t="$(( after - before ))" -v n="$txs" 'BEGIN {printf "%.1f", (n > 0 ? t * 10000 / n : 0)}')
     echo "{\"key\": \"pgbench\", \"tls\": $2, \"concurrency\": $c, \"tps\": $tps, \"database_cpu_us_per_tx\": $db_us}" | tee -a "$out/pgbench.jsonl"
   done
 }

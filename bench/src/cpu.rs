@@ -13,7 +13,9 @@ pub fn of_pid(pid: u32) -> Option<Duration> {
     ticks_in_stat(&stat).map(ticks_to_duration)
 }
 
-/// utime + stime of every process whose command name is `name`.
+/// utime + stime of every process whose command name is `name`, plus the CPU time of their
+/// children that have exited (cutime + cstime: PostgreSQL's backends are the postmaster's
+/// children, and one that ends during a run still counts).
 pub fn of_processes_named(name: &str) -> Duration {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Duration::ZERO;
@@ -35,7 +37,7 @@ pub fn of_processes_named(name: &str) -> Duration {
             .and_then(|(_, rest)| rest.rsplit_once(')'))
             .map(|(comm, _)| comm);
         if comm == Some(name) {
-            ticks += ticks_in_stat(&stat).unwrap_or(0);
+            ticks += ticks_in_stat(&stat).unwrap_or(0) + children_ticks_in_stat(&stat).unwrap_or(0);
         }
     }
     ticks_to_duration(ticks)
@@ -49,6 +51,15 @@ fn ticks_in_stat(stat: &str) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+fn children_ticks_in_stat(stat: &str) -> Option<u64> {
+    // cutime is field 16, cstime 17.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
+    Some(cutime + cstime)
 }
 
 fn ticks_to_duration(ticks: u64) -> Duration {
@@ -91,6 +102,7 @@ mod tests {
     fn stat_fields_are_read_after_the_command_name() {
         let stat = "42 (todo (server) x) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9";
         assert_eq!(ticks_in_stat(stat), Some(325));
+        assert_eq!(children_ticks_in_stat(stat), Some(0));
     }
 
     #[test]
