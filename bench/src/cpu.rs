@@ -43,23 +43,25 @@ pub fn of_processes_named(name: &str) -> Duration {
     ticks_to_duration(ticks)
 }
 
+/// utime + stime (fields 14 and 15 of a /proc stat line).
 fn ticks_in_stat(stat: &str) -> Option<u64> {
-    // Fields after the command name (which may hold spaces and parentheses) start after its
-    // last ')': state is field 3, utime 14 and stime 15.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    sum_of_fields(stat, 14)
 }
 
+/// cutime + cstime (fields 16 and 17): children that have exited.
 fn children_ticks_in_stat(stat: &str) -> Option<u64> {
-    // cutime is field 16, cstime 17.
+    sum_of_fields(stat, 16)
+}
+
+/// Fields `first` and `first + 1` (1-based, as in proc(5)) of a stat line, added. Fields after
+/// the command name (which may hold spaces and parentheses) start after its last ')', with
+/// field 3.
+fn sum_of_fields(stat: &str, first: usize) -> Option<u64> {
     let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let cutime: u64 = fields.get(13)?.parse().ok()?;
-    let cstime: u64 = fields.get(14)?.parse().ok()?;
-    Some(cutime + cstime)
+    let mut fields = rest.split_whitespace().skip(first - 3);
+    let a: u64 = fields.next()?.parse().ok()?;
+    let b: u64 = fields.next()?.parse().ok()?;
+    Some(a + b)
 }
 
 fn ticks_to_duration(ticks: u64) -> Duration {

@@ -9,8 +9,13 @@
 use std::process::Command;
 
 fn run(scenario: &str, retries: &str) {
+    run_with(scenario, retries, &[]);
+}
+
+fn run_with(scenario: &str, retries: &str, args: &[&str]) {
     let output = Command::new(env!("CARGO_BIN_EXE_todo-faults"))
         .args(["--scenario", scenario, "--rust", "--retries", retries])
+        .args(args)
         .output()
         .expect("run todo-faults");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -48,7 +53,13 @@ fn rust_client_rides_out_responses_cut_after_their_headers() {
 
 #[test]
 fn rust_client_rides_out_responses_cut_before_their_headers() {
-    run("cut-before-headers", "on");
+    // More writes and more concurrency than the other scenarios: the lost-response case is
+    // the one every retry exists for (each cut also kills the other calls on its connection).
+    run_with(
+        "cut-before-headers",
+        "on",
+        &["--writes", "300", "--concurrency", "8"],
+    );
     run("cut-before-headers", "off");
 }
 

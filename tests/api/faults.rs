@@ -1,10 +1,9 @@
 //! Exactly-once under faults, with the real server binary, real databases and real sockets on
 //! 127.0.0.1: replicas sharing PostgreSQL, SIGKILL mid-load, a PostgreSQL restart, lost
-//! responses, and SIGTERM mid-load. Each test prints its figures and asserts
+//! responses (the shared scenarios, see section 4), and SIGTERM mid-load. Each test prints its figures and asserts
 //! duplicates == 0 and lost == 0.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,14 +14,13 @@ use futures::stream::{self, StreamExt};
 use todo_service::TodoServiceClient;
 use todo_service::client::{CallError, CallOptions, RetryPolicy, TodoClient, Written};
 use todo_service::proto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::process::Command;
 use tonic::transport::Channel;
 use tonic::{Code, Response};
 
 use crate::helpers::{Backend, TestDatabase, is_replayed, keyed, new_todo};
-use crate::server_process::{ServerProcess, channel_to};
+use crate::server_process::ServerProcess;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -539,89 +537,9 @@ async fn postgres_restart_mid_load_is_unavailable_then_recovers_without_duplicat
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4. Lost responses
-
-/// Forwards TCP to `target`; for each response (an HTTP/2 HEADERS frame from the server on a
-/// stream), with probability `loss`, cuts the connection instead of forwarding it: the request
-/// was processed, its answer never arrives.
-async fn lossy_proxy(target: SocketAddr, loss: f64, cuts: Arc<AtomicU64>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((downstream, _)) = listener.accept().await {
-            let cuts = Arc::clone(&cuts);
-            tokio::spawn(async move {
-                let Ok(upstream) = TcpStream::connect(target).await else {
-                    return;
-                };
-                let (mut down_read, mut down_write) = downstream.into_split();
-                let (mut up_read, mut up_write) = upstream.into_split();
-                let requests = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut down_read, &mut up_write).await;
-                });
-                let mut buffer = Vec::new();
-                let mut chunk = vec![0u8; 64 * 1024];
-                'frames: while let Ok(n) = up_read.read(&mut chunk).await {
-                    if n == 0 {
-                        break;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    while buffer.len() >= 9 {
-                        let length = usize::from(buffer[0]) << 16
-                            | usize::from(buffer[1]) << 8
-                            | usize::from(buffer[2]);
-                        if buffer.len() < 9 + length {
-                            break;
-                        }
-                        let frame_type = buffer[3];
-                        let stream =
-                            u32::from_be_bytes([buffer[5], buffer[6], buffer[7], buffer[8]])
-                                & 0x7fff_ffff;
-                        if frame_type == 0x1 && stream != 0 && rand::random_bool(loss) {
-                            cuts.fetch_add(1, Ordering::Relaxed);
-                            break 'frames;
-                        }
-                        if down_write.write_all(&buffer[..9 + length]).await.is_err() {
-                            break 'frames;
-                        }
-                        buffer.drain(..9 + length);
-                    }
-                }
-                requests.abort();
-            });
-        }
-    });
-    addr
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_responses_are_retried_into_exactly_one_row_each() {
-    let db = TestDatabase::new(Backend::Postgres).await;
-    let mut server = ServerProcess::start(&db.url, "127.0.0.1:0", &[]).await;
-    let cuts = Arc::new(AtomicU64::new(0));
-    let proxy = lossy_proxy(server.addr, 0.2, Arc::clone(&cuts)).await;
-    let figures = Figures::default();
-    let logical = 500;
-    let give_up = Instant::now() + Duration::from_secs(120);
-    let acknowledged = run_load("lossy", logical, 8, &[channel_to(proxy)], &figures, give_up).await;
-    let audit = audit(&db, &acknowledged).await;
-    print_figures(
-        &format!("lost-responses cuts={}", cuts.load(Ordering::Relaxed)),
-        logical,
-        &figures,
-        acknowledged.len(),
-        audit,
-    );
-    assert!(cuts.load(Ordering::Relaxed) > 0, "responses were lost");
-    assert_eq!(acknowledged.len(), logical);
-    assert_eq!(
-        audit.0, logical as i64,
-        "every logical create ends with one row"
-    );
-    assert_eq!(audit.1, 0, "duplicates");
-    assert_eq!(audit.2, 0, "lost");
-    server.terminate().await;
-}
+// 4. Lost responses: the shared fault scenarios (`todo-faults`, run by
+//    bench/tests/fault_scenarios.rs with this crate's client, and by the Python and Node
+//    suites) cut responses before and after their headers.
 
 // ---------------------------------------------------------------------------------------------
 // 5. SIGTERM mid-load

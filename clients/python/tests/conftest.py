@@ -28,17 +28,21 @@ importlib.invalidate_caches()
 REPO = HERE.parents[2]
 
 
-def server_binary() -> Path:
-    """TODO_SERVER_BIN, or the workspace's debug build (built if missing)."""
-    configured = os.environ.get("TODO_SERVER_BIN")
+def workspace_binary(variable: str, name: str, *package: str) -> Path:
+    """The binary named by environment `variable`, or the workspace's debug build of `name`
+    (built if missing; `package` as cargo's `-p <crate>` when it is not the root crate)."""
+    configured = os.environ.get(variable)
     if configured:
         return Path(configured)
-    binary = REPO / "target" / "debug" / "todo-server"
+    binary = REPO / "target" / "debug" / name
     if not binary.exists():
-        subprocess.run(
-            ["cargo", "build", "--bin", "todo-server"], cwd=REPO, check=True
-        )
+        subprocess.run(["cargo", "build", *package, "--bin", name], cwd=REPO, check=True)
     return binary
+
+
+def server_binary() -> Path:
+    """TODO_SERVER_BIN, or the workspace's debug build."""
+    return workspace_binary("TODO_SERVER_BIN", "todo-server")
 
 
 class Server:

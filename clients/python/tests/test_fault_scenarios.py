@@ -13,22 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import workspace_binary
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[2]
 WORKLOAD = f"{shlex.quote(sys.executable)} {shlex.quote(str(HERE.parent / 'workload.py'))}"
 
 
 def faults_binary() -> Path:
-    """TODO_FAULTS_BIN, or the workspace's debug build (built if missing)."""
-    configured = os.environ.get("TODO_FAULTS_BIN")
-    if configured:
-        return Path(configured)
-    binary = REPO / "target" / "debug" / "todo-faults"
-    if not binary.exists():
-        subprocess.run(
-            ["cargo", "build", "-p", "todo-bench", "--bin", "todo-faults"], cwd=REPO, check=True
-        )
-    return binary
+    """TODO_FAULTS_BIN, or the workspace's debug build."""
+    return workspace_binary("TODO_FAULTS_BIN", "todo-faults", "-p", "todo-bench")
 
 
 @pytest.mark.parametrize(
