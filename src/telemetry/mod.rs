@@ -12,6 +12,8 @@
 //! `RUST_LOG` says, and each RPC's span continues the caller's W3C `traceparent`. Without
 //! one, no OpenTelemetry layer is installed and no statement span is even created.
 
+mod json;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -105,10 +107,8 @@ where
     let layer = match format {
         LogFormat::Text => fmt::layer().with_writer(sink).with_ansi(ansi).boxed(),
         LogFormat::Json => fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(json::JsonFragment)
+            .event_format(json::JsonLines)
             .with_writer(sink)
             .boxed(),
     };
