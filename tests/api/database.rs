@@ -200,3 +200,34 @@ async fn sqlite_locked_by_another_process_is_unavailable_and_recovers() {
     assert!(!is_replayed(&created));
     assert_eq!(app.todo_count().await, 2);
 }
+
+/// PostgreSQL on the same host over its Unix socket (`?host=/var/run/postgresql`): the way to
+/// reach a local database (no TCP, no TLS; the issue's measurement: about 13% less server CPU
+/// per call). The test's database and schema, reached through the socket instead of TCP.
+#[tokio::test]
+async fn postgres_over_the_unix_socket_serves_the_same_data() {
+    let db = Arc::new(TestDatabase::new(Backend::Postgres).await);
+    let tcp = "@127.0.0.1:5432/";
+    assert!(
+        db.url.contains(tcp),
+        "this test expects TODO_TEST_POSTGRES_URL on 127.0.0.1:5432, whose socket is in \
+         /var/run/postgresql: {}",
+        db.url
+    );
+    let socket_url = format!(
+        "{}&host=/var/run/postgresql",
+        db.url.replacen(tcp, "@localhost/", 1)
+    );
+    let app = spawn_on(Arc::clone(&db), |config| config.database_url = socket_url).await;
+    let created = app.create_todo("over the socket").await;
+    assert_eq!(app.get(&created.id).await.expect("read back"), created);
+    let over_unix = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = '{}' \
+             AND client_addr IS NULL AND pid <> pg_backend_pid()",
+            db.schema()
+        ))
+        .await;
+    assert!(over_unix > 0, "the server's connections use the socket");
+    assert_eq!(db.count("todos").await, 1);
+}

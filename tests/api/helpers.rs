@@ -166,6 +166,11 @@ impl TestDatabase {
             .expect("take SQLite's write lock")
     }
 
+    /// PostgreSQL: the test's schema (also the `application_name` of its connections).
+    pub fn schema(&self) -> &str {
+        self.schema.as_deref().expect("a PostgreSQL test database")
+    }
+
     /// PostgreSQL: terminates every backend connected with this test's `application_name`
     /// except the test's own `conn`, as a failover or `pg_terminate_backend` by an operator
     /// would. Returns how many were terminated.
