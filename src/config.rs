@@ -42,15 +42,6 @@ fn parse_retention(text: &str) -> Result<Retention, String> {
     Retention::new(duration)
 }
 
-/// `--db-isolation`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DbIsolation {
-    /// READ COMMITTED.
-    ReadCommitted,
-    /// SERIALIZABLE, with conflicts (40001, 40P01) retried in the server.
-    Serializable,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -116,7 +107,7 @@ pub struct Config {
         default_value = "read-committed",
         global = true
     )]
-    pub db_isolation: DbIsolation,
+    pub db_isolation: Isolation,
 
     /// Apply pending database migrations at start-up (`true` or `false`).
     #[arg(long, env = "TODO_RUN_MIGRATIONS", default_value_t = true, action = ArgAction::Set, global = true)]
@@ -238,10 +229,7 @@ impl Config {
             url: self.database_url.clone(),
             pool_size: self.db_pool_size,
             timeout: self.db_timeout,
-            isolation: match self.db_isolation {
-                DbIsolation::ReadCommitted => Isolation::ReadCommitted,
-                DbIsolation::Serializable => Isolation::Serializable,
-            },
+            isolation: self.db_isolation,
         }
     }
 

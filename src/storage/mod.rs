@@ -41,8 +41,8 @@ pub struct DatabaseSettings {
     pub isolation: Isolation,
 }
 
-/// Transaction isolation on PostgreSQL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Transaction isolation on PostgreSQL (`--db-isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Isolation {
     /// PostgreSQL's default. Concurrent writers of one row or key wait for each other.
     #[default]

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 use futures::future::join_all;
-use todo_service::config::DbIsolation;
 use todo_service::proto;
+use todo_service::storage::Isolation;
 use tonic::Code;
 
 use crate::helpers::{
@@ -18,7 +18,7 @@ use crate::idempotency::{
     same_key_creates_race_into_one_todo, same_key_updates_race_into_one_write,
 };
 
-async fn spawn(isolation: DbIsolation) -> TestApp {
+async fn spawn(isolation: Isolation) -> TestApp {
     spawn_app_with(Backend::Postgres, |config| config.db_isolation = isolation).await
 }
 
@@ -31,14 +31,14 @@ async fn conflicts_retried(app: &TestApp) -> f64 {
 
 #[tokio::test]
 async fn same_key_races_write_once_in_serializable_mode() {
-    let app = spawn(DbIsolation::Serializable).await;
+    let app = spawn(Isolation::Serializable).await;
     same_key_creates_race_into_one_todo(&app).await;
     same_key_updates_race_into_one_write(&app).await;
 }
 
 /// 16 updates of one todo at once, each with the etag it had and its own key: one wins, the
 /// others are ABORTED (the etag moved), whatever the isolation.
-async fn etag_race(isolation: DbIsolation) -> HashMap<Code, usize> {
+async fn etag_race(isolation: Isolation) -> HashMap<Code, usize> {
     let app = spawn(isolation).await;
     let todo = app.create_todo("contended").await;
     let calls = (0..16).map(|i| {
@@ -65,8 +65,8 @@ async fn etag_race(isolation: DbIsolation) -> HashMap<Code, usize> {
 
 #[tokio::test]
 async fn updates_racing_on_one_etag_get_the_same_answers_in_both_modes() {
-    let read_committed = etag_race(DbIsolation::ReadCommitted).await;
-    let serializable = etag_race(DbIsolation::Serializable).await;
+    let read_committed = etag_race(Isolation::ReadCommitted).await;
+    let serializable = etag_race(Isolation::Serializable).await;
     let expected = HashMap::from([(Code::Ok, 1), (Code::Aborted, 15)]);
     assert_eq!(read_committed, expected);
     assert_eq!(serializable, expected);
@@ -74,7 +74,7 @@ async fn updates_racing_on_one_etag_get_the_same_answers_in_both_modes() {
 
 #[tokio::test]
 async fn mixed_load_in_serializable_mode_has_no_errors_and_retries_its_conflicts() {
-    let app = spawn(DbIsolation::Serializable).await;
+    let app = spawn(Isolation::Serializable).await;
     let mut seeded = Vec::new();
     for i in 0..4 {
         seeded.push(app.create_todo(&format!("seed {i}")).await);
