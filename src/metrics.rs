@@ -1,11 +1,14 @@
 //! Prometheus metrics. Each `Application` has its own registry (no global state), served as
 //! text on `GET /metrics` at `--metrics-listen-addr`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -14,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::idempotency::SweepReport;
-use crate::storage::Storage;
+use crate::storage::{RetryCounts, Storage};
 
 /// How an idempotent request (a write carrying, or trying to carry, a key) was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,9 +92,6 @@ pub struct Metrics {
     sweep_duration: Histogram,
     /// `todo_db_pool_connections{pool, state}`, read at each scrape.
     pool_connections: Family<PoolLabels, Gauge>,
-    /// `todo_db_retries_total{reason}`, brought up to storage's counts at each scrape (under
-    /// the lock, so two scrapes never add the same retries twice).
-    db_retries: Mutex<Family<ReasonLabels, Counter>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -158,13 +158,6 @@ impl Metrics {
             "Database pool connections by pool and state (in_use, idle)",
             pool_connections.clone(),
         );
-        let db_retries = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "todo_db_retries",
-            "Database work run again by the server because it committed nothing, by reason \
-             (serialization_conflict: SQLSTATE 40001/40P01; session_ended: 57P01/57P02)",
-            db_retries.clone(),
-        );
         Self {
             registry,
             idempotent_requests,
@@ -175,8 +168,13 @@ impl Metrics {
             sweeps,
             sweep_duration,
             pool_connections,
-            db_retries: Mutex::new(db_retries),
         }
+    }
+
+    /// Exposes storage's retry counts as `todo_db_retries_total{reason}`, read at each scrape.
+    pub fn register_db_retries(&mut self, counts: Arc<RetryCounts>) {
+        self.registry
+            .register_collector(Box::new(DbRetries(counts)));
     }
 
     pub fn record_rpc(&self, method: &'static str, code: tonic::Code, latency: Duration) {
@@ -231,22 +229,37 @@ impl Metrics {
                 })
                 .set(idle);
         }
-        let retries = storage.retry_counts();
-        if let Ok(db_retries) = self.db_retries.lock() {
-            for (reason, count) in [
-                ("serialization_conflict", &retries.serialization_conflicts),
-                ("session_ended", &retries.sessions_ended),
-            ] {
-                let counter = db_retries.get_or_create(&ReasonLabels { reason });
-                let now = count.load(std::sync::atomic::Ordering::Relaxed);
-                counter.inc_by(now.saturating_sub(counter.get()));
-            }
-        }
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(error = %err, "cannot encode metrics");
         }
         text
+    }
+}
+
+/// `todo_db_retries_total{reason}`: the database work storage ran again because it committed
+/// nothing (its own counters, read when scraped).
+#[derive(Debug)]
+struct DbRetries(Arc<RetryCounts>);
+
+impl Collector for DbRetries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "todo_db_retries",
+            "Database work run again by the server because it committed nothing, by reason \
+             (serialization_conflict: SQLSTATE 40001/40P01; session_ended: 57P01/57P02)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in [
+            ("serialization_conflict", &self.0.serialization_conflicts),
+            ("session_ended", &self.0.sessions_ended),
+        ] {
+            let labels = ReasonLabels { reason };
+            ConstCounter::new(count.load(Ordering::Relaxed))
+                .encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 

@@ -196,7 +196,9 @@ impl Application {
         };
         let storage = open_storage(config).await?;
         let page_token_key = storage.page_token_key().await?;
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        metrics.register_db_retries(storage.retry_counts());
+        let metrics = Arc::new(metrics);
         let retention = CurrentRetention::new(shared_retention(&storage, config).await?.current);
         let idempotency = Idempotency::new(storage.clone(), retention.clone());
         let api = TodoApi::new(

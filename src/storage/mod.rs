@@ -162,9 +162,9 @@ impl Storage {
         }
     }
 
-    /// Transactions run again so far, by reason.
-    pub fn retry_counts(&self) -> &RetryCounts {
-        &self.retries
+    /// Transactions run again so far, by reason (shared: the counts keep moving).
+    pub fn retry_counts(&self) -> Arc<RetryCounts> {
+        Arc::clone(&self.retries)
     }
 
     /// For reads outside a transaction.
