@@ -108,12 +108,8 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_used_some_cpu() {
-        let mut spent = 0u64;
-        for i in 0..20_000_000u64 {
-            spent = spent.wrapping_add(i * i);
-        }
-        assert!(spent > 0);
+    fn this_process_is_read_and_an_absent_one_is_none() {
         assert!(of_pid(std::process::id()).is_some());
+        assert!(of_pid(u32::MAX).is_none());
     }
 }

@@ -12,12 +12,14 @@ use tonic::Code;
 
 use crate::both_backends;
 use crate::helpers::{Backend, spawn_app};
+use crate::security::{ALICE, spawn_with_callers};
 use crate::server_process::channel_to;
 
 both_backends!(
     client_gives_each_write_its_key_and_reports_replays,
     client_surfaces_key_reuse_as_a_typed_error_without_retrying,
     client_names_invalid_fields_and_does_not_retry_final_answers,
+    client_sends_its_token_and_does_not_retry_unauthenticated_calls,
 );
 
 fn todo(title: &str) -> proto::Todo {
@@ -131,9 +133,50 @@ async fn client_names_invalid_fields_and_does_not_retry_final_answers(backend: B
         Err(CallError::Rejected { status }) => assert_eq!(status.code(), Code::NotFound),
         other => panic!("expected NOT_FOUND, got {other:?}"),
     }
-    // Answered at once: nothing was retried with backoff.
+    // A stale etag: ABORTED from the server, final.
+    let created = client.create_todo(todo("etag")).await.expect("created");
+    let mut changed = created.value.clone();
+    changed.title = "changed".to_owned();
+    client
+        .update_todo(changed, None, CallOptions::default())
+        .await
+        .expect("updated");
+    let mut stale = created.value.clone();
+    stale.title = "stale".to_owned();
+    match client
+        .update_todo(stale, None, CallOptions::default())
+        .await
+    {
+        Err(CallError::Rejected { status }) => assert_eq!(status.code(), Code::Aborted),
+        other => panic!("expected ABORTED, got {other:?}"),
+    }
+    // Answered at once: nothing was retried with backoff (the first pause alone is 25-50 ms,
+    // and retries would go on for the 30 s budget).
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(app.db.count("todos").await, 0);
+    assert_eq!(app.db.count("todos").await, 1);
+}
+
+async fn client_sends_its_token_and_does_not_retry_unauthenticated_calls(backend: Backend) {
+    let (app, _tokens) = spawn_with_callers(backend).await;
+    let anonymous = TodoClient::new(channel_to(app.addr));
+    let started = Instant::now();
+    match anonymous.create_todo(todo("no token")).await {
+        Err(CallError::Rejected { status }) => assert_eq!(status.code(), Code::Unauthenticated),
+        other => panic!("expected UNAUTHENTICATED, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "not retried");
+    let alice = TodoClient::new(channel_to(app.addr))
+        .with_token(ALICE)
+        .expect("a valid token");
+    let created = alice.create_todo(todo("alice's")).await.expect("created");
+    assert_eq!(
+        alice
+            .get_todo(&created.value.id, CallOptions::default())
+            .await
+            .expect("read back"),
+        created.value
+    );
+    assert_eq!(app.db.count("todos").await, 1);
 }
 
 #[tokio::test]

@@ -32,7 +32,7 @@ both_backends!(
     page_tokens_are_bound_to_their_caller,
 );
 
-const ALICE: &str = "alice-token-5b1f0e";
+pub const ALICE: &str = "alice-token-5b1f0e";
 const BOB: &str = "bob-token-c93a77";
 
 fn tokens_file() -> NamedTempFile {
@@ -48,7 +48,7 @@ fn tokens_file() -> NamedTempFile {
 }
 
 /// A server with callers alice and bob.
-async fn spawn_with_callers(backend: Backend) -> (TestApp, NamedTempFile) {
+pub async fn spawn_with_callers(backend: Backend) -> (TestApp, NamedTempFile) {
     let file = tokens_file();
     let path = file.path().to_owned();
     let app = spawn_app_with(backend, move |config| config.tokens_file = Some(path)).await;

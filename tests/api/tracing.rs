@@ -101,6 +101,7 @@ async fn a_call_continues_the_callers_trace_with_db_child_spans(backend: Backend
         metadata.insert("idempotency-key", key.parse().expect("ascii"));
         let traceparent = format!("00-{trace_id}-{parent_id}-01");
         metadata.insert("traceparent", traceparent.parse().expect("ascii"));
+        metadata.insert("tracestate", "caller=7d3f".parse().expect("ascii"));
         request
     };
     client
@@ -139,9 +140,22 @@ async fn a_call_continues_the_callers_trace_with_db_child_spans(backend: Backend
         .filter(|span| span.name == "todo.v1.TodoService/CreateTodo")
         .collect();
     assert_eq!(rpcs.len(), 2, "one server span per call: {spans:#?}");
+    // The key's hash travels, never the key: no attribute of any span holds it.
+    for span in &spans {
+        for kv in &span.attributes {
+            let shown = format!("{:?}", kv.value);
+            assert!(
+                !shown.contains("traced-key"),
+                "{} of {}: {shown}",
+                kv.key,
+                span.name
+            );
+        }
+    }
     for (rpc, outcome) in rpcs.iter().zip(["fresh", "replayed"]) {
         assert_eq!(hex::encode(&rpc.trace_id), trace_id);
         assert_eq!(hex::encode(&rpc.parent_span_id), parent_id);
+        assert_eq!(rpc.trace_state, "caller=7d3f", "tracestate is carried on");
         assert_eq!(rpc.kind, SpanKind::Server as i32);
         assert_eq!(text(rpc, "rpc.system"), "grpc");
         assert_eq!(text(rpc, "rpc.service"), "todo.v1.TodoService");

@@ -115,9 +115,10 @@ def test_invalid_input_names_the_field(client: TodoClient):
 def test_stale_etag_is_aborted(client: TodoClient):
     todo = client.create_todo("guarded").todo
     client.update_todo(todo_pb2.Todo(id=todo.id, title="changed"), ["title"])
-    with pytest.raises(grpc.RpcError) as stale:
+    with pytest.raises(RejectedError) as stale:
         client.delete_todo(todo.id, etag=todo.etag)
     assert stale.value.code() == grpc.StatusCode.ABORTED
+    assert stale.value.attempts == 1, "a final answer is not retried"
 
 
 def test_service_config_is_valid_json_with_a_retry_policy():
