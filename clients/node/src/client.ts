@@ -14,7 +14,7 @@
 
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { fromBinary } from "@bufbuild/protobuf";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { anyUnpack } from "@bufbuild/protobuf/wkt";
 import type { FieldMask } from "@bufbuild/protobuf/wkt";
@@ -335,7 +335,7 @@ export class TodoClient {
         },
       }),
     );
-    return { value: create(TodoSchema, value), replayed, idempotencyKey: key, attempts };
+    return { value, replayed, idempotencyKey: key, attempts };
   }
 
   private async call<T>(
