@@ -3,19 +3,20 @@
 //! is NOT_FOUND (never PERMISSION_DENIED, which would reveal that it exists).
 //!
 //! Reads are plain async functions. Writes all have one shape: a function that returns a
-//! [`Write`] (a new row, or a type whose [`Work::run`] does the work in a transaction), which
-//! the handler runs through `Idempotency::execute`, with or without a key. A new write RPC
-//! copies [`update`]: a struct holding the parsed request and the caller, `impl Work` for it,
-//! and a function returning `Write::Transaction(...)`.
+//! [`Write`] (a new row, or a type whose [`Plan::plan`] reads and decides the change and the
+//! answer), which the handler runs through `Idempotency::execute`, with or without a key. A
+//! new write RPC copies [`update`]: a struct holding the parsed request and the caller,
+//! `impl Plan` for it (read through `storage`, return a `storage::Change` guarded by the
+//! revision it read, and the output), and a function returning `Write::Planned(...)`.
 
-use sea_orm::DatabaseTransaction;
+use sea_orm::DatabaseConnection;
 
 use crate::domain::{
     Caller, ListQuery, NewTodo, PageToken, PageTokenKey, Timestamp, Todo, TodoId, TodoPatch,
 };
 use crate::error::ServiceError;
-use crate::idempotency::{InsertOnly, Work, Write};
-use crate::storage::{self, Storage};
+use crate::idempotency::{InsertOnly, Plan, Planned, Write};
+use crate::storage::{self, Change, Storage};
 
 /// UpdateTodo, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,64 +51,70 @@ pub fn create(caller: &Caller, new: NewTodo) -> Write<InsertOnly<Todo>> {
 /// UpdateTodo: applies the update; one that changes nothing returns the todo as it is,
 /// unwritten.
 pub fn update(caller: Caller, update: UpdateTodo) -> Write<Update> {
-    Write::Transaction(Update { caller, update })
+    Write::Planned(Update { caller, update })
 }
 
-/// The work of [`update`].
+/// The plan of [`update`].
 pub struct Update {
     caller: Caller,
     update: UpdateTodo,
 }
 
-impl Work for Update {
+impl Plan for Update {
     type Output = Todo;
 
-    async fn run(&self, txn: &DatabaseTransaction) -> Result<Todo, ServiceError> {
+    async fn plan(&self, db: &DatabaseConnection) -> Result<Planned<Todo>, ServiceError> {
         let Self { caller, update } = self;
-        let current = storage::find_todo_for_update(txn, caller, update.id)
+        let current = storage::find_todo(db, caller, update.id)
             .await?
             .ok_or(ServiceError::NotFound(update.id))?;
         if !current.etag_matches(&update.etag) {
             return Err(ServiceError::EtagMismatch(update.id));
         }
-        match current.apply(update.patch.clone(), Timestamp::now()) {
-            None => Ok(current),
-            Some(next) => {
-                storage::update_todo(txn, caller, &next).await?;
-                Ok(next)
-            }
-        }
+        Ok(
+            match current.apply(update.patch.clone(), Timestamp::now()) {
+                None => Planned {
+                    change: Change::nothing(),
+                    output: current,
+                },
+                Some(next) => Planned {
+                    change: storage::update_todo(caller, &next, current.revision),
+                    output: next,
+                },
+            },
+        )
     }
 }
 
 /// DeleteTodo: deletes the todo if it exists. A missing todo is success (its etag is then
 /// ignored); an existing one with another etag is ABORTED.
 pub fn delete(caller: Caller, delete: DeleteTodo) -> Write<Delete> {
-    Write::Transaction(Delete { caller, delete })
+    Write::Planned(Delete { caller, delete })
 }
 
-/// The work of [`delete`].
+/// The plan of [`delete`].
 pub struct Delete {
     caller: Caller,
     delete: DeleteTodo,
 }
 
-impl Work for Delete {
+impl Plan for Delete {
     type Output = ();
 
-    async fn run(&self, txn: &DatabaseTransaction) -> Result<(), ServiceError> {
+    async fn plan(&self, db: &DatabaseConnection) -> Result<Planned<()>, ServiceError> {
         let Self { caller, delete } = self;
-        if !delete.etag.is_empty() {
-            match storage::find_todo_for_update(txn, caller, delete.id).await? {
-                None => return Ok(()),
+        let change = if delete.etag.is_empty() {
+            storage::delete_todo(caller, delete.id, None)
+        } else {
+            match storage::find_todo(db, caller, delete.id).await? {
+                None => Change::nothing(),
                 Some(current) if !current.etag_matches(&delete.etag) => {
                     return Err(ServiceError::EtagMismatch(delete.id));
                 }
-                Some(_) => {}
+                Some(current) => storage::delete_todo(caller, delete.id, Some(current.revision)),
             }
-        }
-        storage::delete_todo(txn, caller, delete.id).await?;
-        Ok(())
+        };
+        Ok(Planned { change, output: () })
     }
 }
 

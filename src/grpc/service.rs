@@ -16,11 +16,11 @@ use super::{convert, metadata};
 use crate::domain::{Caller, PageTokenKey};
 use crate::error::ServiceError;
 use crate::idempotency::{
-    Executed, Idempotency, IdempotencyKey, IdempotentRequest, Outcome, Work, Write,
+    Executed, Idempotency, IdempotencyKey, IdempotentRequest, Outcome, Plan, Write,
 };
 use crate::metrics::{IdempotentOutcome, Metrics, code_name};
 use crate::proto::{self, todo_service_server::TodoService};
-use crate::storage::Storage;
+use crate::storage::{self, Storage};
 use crate::telemetry;
 use crate::todos;
 
@@ -92,7 +92,8 @@ impl TodoApi {
 
     /// Runs one RPC, for at most `--request-timeout` or the client's deadline (`grpc-timeout`),
     /// whichever is shorter (then DEADLINE_EXCEEDED; dropping the call rolls its transaction
-    /// back), inside a span that records method, request id, outcome (fresh / replayed /
+    /// back, and a statement that commits on its own ends its lock waits at the deadline:
+    /// `storage::deadline`), inside a span that records method, request id, outcome (fresh / replayed /
     /// mismatch / error), status code and latency; counts it in the metrics; and turns its
     /// result into a gRPC response.
     async fn observe<R>(
@@ -143,6 +144,7 @@ impl TodoApi {
         async move {
             let started = Instant::now();
             let deadline = tokio::time::Instant::from_std(arrived) + time_limit;
+            let call = storage::deadline::within(deadline, call);
             let result = tokio::time::timeout_at(deadline, call)
                 .await
                 .unwrap_or(Err(ServiceError::DeadlineExceeded));
@@ -199,7 +201,7 @@ impl TodoApi {
     where
         M: RequestIdField + Send + Sync,
         P: Send,
-        W: Work,
+        W: Plan,
         R: prost::Message + Default,
     {
         let (metadata, extensions, message) = request.into_parts();

@@ -1,25 +1,34 @@
 //! Idempotency keys: the whole mechanism that makes a retried write happen once.
 //!
 //! Every write RPC runs through [`Idempotency::execute`], given a [`Write`] that says what it
-//! does (see `write.rs`). A call that carries a key:
+//! does (see `write.rs`). Every write knows its response before it writes, so a call that
+//! carries a key stores that response with the key's claim, atomically with the write:
 //! 1. a live row for (caller, method, key) already committed? Replay its stored response if
 //!    the request's fingerprint matches, else `IDEMPOTENCY_KEY_REUSED` (one indexed read, as
 //!    cheap as a GetTodo);
-//! 2. otherwise, in ONE database transaction: claim the key (insert its row under the primary
-//!    key's unique constraint, or take over an expired row), do the work, store the encoded
-//!    response in the row, commit. A concurrent call with the same key blocks on the claim
-//!    until the first commits, then replays it; if the first fails, its transaction rolls back,
-//!    the key stays free, and the waiting call proceeds.
+//! 2. otherwise the write and the claim of the key (its row, inserted under the primary key's
+//!    unique constraint, or an expired row taken over) commit together, or neither does. A
+//!    concurrent call with the same key blocks on the claim until the first commits, then
+//!    replays it; if the first fails, nothing of it commits, the key stays free, and the
+//!    waiting call proceeds.
 //!
-//! A [`Write::Insert`] (one new row and nothing else: CreateTodo) knows its response before it
-//! writes. On PostgreSQL the lookup, the claim with the response and the row's insert are ONE
-//! statement (one round trip, one implicit transaction; the row is inserted only if the claim
-//! succeeded), for a fresh call and a replay alike. On SQLite (no data-modifying CTEs) the
-//! row is inserted first and the key then claimed with the response, in one transaction: the
-//! insert cannot conflict with a concurrent same-key call's, so the later call still blocks
-//! on the claim, finds the committed key, rolls its own insert back and replays. A
-//! [`Write::Transaction`] (UpdateTodo, DeleteTodo) claims first, or a concurrent duplicate
-//! would see the first one's write (a changed etag) instead of waiting for its response.
+//! A [`Write::Insert`] (one new row and nothing else: CreateTodo): on PostgreSQL the lookup,
+//! the claim and the row's insert are ONE statement (one round trip, one implicit
+//! transaction; the row is inserted only if the claim succeeded), for a fresh call and a
+//! replay alike. On SQLite (no data-modifying CTEs) the row is inserted first and the key then
+//! claimed, in one transaction: the insert cannot conflict with a concurrent same-key call's,
+//! so the later call still blocks on the claim, finds the committed key, rolls its own insert
+//! back and replays.
+//!
+//! A [`Write::Planned`] (UpdateTodo, DeleteTodo) reads and decides first, locking nothing,
+//! then makes its change guarded by the revision it read. On PostgreSQL the change and the
+//! claim are ONE statement (when the key has no row at all: the claim is a plain INSERT whose
+//! primary key conflict, with a key committed concurrently, rolls the change back); on SQLite,
+//! and to take over an expired row, one transaction. A stale change (a concurrent write got
+//! there first) writes nothing and the call reads and decides again. A concurrent duplicate
+//! either waits on the row or the key and then replays, or reads the first call's effect: if
+//! that makes its plan fail (an etag that moved, a todo gone), it looks the key up again and
+//! replays the response committed with that effect.
 
 mod fingerprint;
 mod key;
@@ -38,12 +47,12 @@ pub use retention::{
     CurrentRetention, Retention, RetentionError, StoredRetention, resolve as resolve_retention,
 };
 pub use sweeper::{SweepReport, SweepSettings, sweep_expired};
-pub use write::{InsertOnly, Work, Write};
+pub use write::{InsertOnly, Plan, Planned, Write};
 
 use crate::domain::{Caller, Timestamp};
 use crate::error::ServiceError;
-use crate::storage::{During, NewRow, Storage, statement, statement_span};
-use persistence::{ClaimWithInsert, StoredKey};
+use crate::storage::{Applied, Change, During, NewRow, Storage, statement, statement_span};
+use persistence::{ClaimWithChange, ClaimWithInsert, KeyLookup, StoredKey};
 
 /// A write call that carries an idempotency key: its scope (caller, method, key) and what the
 /// request was.
@@ -119,26 +128,32 @@ pub struct Idempotency {
 /// internal error.
 const CLAIM_ATTEMPTS: usize = 3;
 
+/// How many times a planned write reads, decides and tries its change, while concurrent
+/// writes to the same rows make the change stale (or win its key) each time. Each stale
+/// attempt means another write committed, so only a row written by more than this many
+/// calls at once exhausts it; then the call is UNAVAILABLE ([`ServiceError::Contended`]).
+const PLAN_ATTEMPTS: usize = 64;
+
 impl Idempotency {
     pub fn new(storage: Storage, retention: CurrentRetention) -> Self {
         Self { storage, retention }
     }
 
-    /// Runs `write` and answers `respond(&output)`. Without a key: once, in one transaction
-    /// (an insert alone: one statement). With a key: at most once per key; a call whose key
+    /// Runs `write` and answers `respond(&output)`. Without a key: once (an insert: one
+    /// statement; a planned write: its reads, then one statement). With a key: at most once per key; a call whose key
     /// was already used answers the stored response (see the module docs). An error rolls
     /// everything back and frees the key. An attempt that met a connection whose session the
     /// database had ended, or that the database rolled back on a serialization conflict or a
     /// deadlock, committed nothing, and runs again, key claim included
     /// (`Storage::retry_transient`).
-    pub async fn execute<W, R>(
+    pub async fn execute<P, R>(
         &self,
         request: Option<&IdempotentRequest>,
-        write: Write<W>,
-        respond: impl Fn(&W::Output) -> R + Send + Sync,
+        write: Write<P>,
+        respond: impl Fn(&P::Output) -> R + Send + Sync,
     ) -> Result<Executed<R>, ServiceError>
     where
-        W: Work,
+        P: Plan,
         R: Message + Default,
     {
         self.storage
@@ -146,26 +161,41 @@ impl Idempotency {
             .await
     }
 
-    async fn execute_once<W, R>(
+    async fn execute_once<P, R>(
         &self,
         request: Option<&IdempotentRequest>,
-        write: &Write<W>,
-        respond: &(impl Fn(&W::Output) -> R + Send + Sync),
+        write: &Write<P>,
+        respond: &(impl Fn(&P::Output) -> R + Send + Sync),
     ) -> Result<Executed<R>, ServiceError>
     where
-        W: Work,
+        P: Plan,
         R: Message + Default,
     {
-        let Some(request) = request else {
-            let response = self.run_unkeyed(write, respond).await?;
-            return Ok(Executed::fresh(response, false));
-        };
-        match write {
-            Write::Insert { row, output } if self.storage.backend() == DbBackend::Postgres => {
+        match (request, write) {
+            (None, Write::Insert { row, output }) => {
+                let writer = self.storage.writer();
+                let insert =
+                    writer.execute_raw(row.clone().insert_statement(self.storage.backend()));
+                statement(writer, "insert row", insert).await?;
+                Ok(Executed::fresh(respond(output), false))
+            }
+            (None, Write::Planned(plan)) => {
+                let response = self.run_planned_unkeyed(plan, respond);
+                Ok(Executed::fresh(response.await?, false))
+            }
+            (Some(request), Write::Insert { row, output })
+                if self.storage.backend() == DbBackend::Postgres =>
+            {
                 self.insert_in_one_statement(request, row, respond(output))
                     .await
             }
-            write => self.run_keyed(request, write, respond).await,
+            (Some(request), Write::Insert { row, output }) => {
+                self.insert_in_transaction(request, row, respond(output))
+                    .await
+            }
+            (Some(request), Write::Planned(plan)) => {
+                self.run_planned_keyed(request, plan, respond).await
+            }
         }
     }
 
@@ -199,57 +229,35 @@ impl Idempotency {
         Err(claim_attempts_exhausted(request))
     }
 
-    /// Any other write with a key: a lookup (a replay is one read), then one write transaction
-    /// that claims the key and does the work (an insert claims after it, with the response;
-    /// other work claims before it and stores the response after).
-    async fn run_keyed<W, R>(
+    /// SQLite, an insert with a key: a lookup (a replay is one read), then one write
+    /// transaction that inserts the row and then claims the key with the response.
+    async fn insert_in_transaction<R: Message + Default>(
         &self,
         request: &IdempotentRequest,
-        write: &Write<W>,
-        respond: &(impl Fn(&W::Output) -> R + Send + Sync),
-    ) -> Result<Executed<R>, ServiceError>
-    where
-        W: Work,
-        R: Message + Default,
-    {
+        row: &NewRow,
+        response: R,
+    ) -> Result<Executed<R>, ServiceError> {
         let now = Timestamp::now();
         let cutoff = self.retention.get().cutoff(now);
-        if let Some(stored) = persistence::find_live(self.storage.reader(), request, cutoff).await?
-            && stored.response.is_some()
+        if let Some(stored) = persistence::lookup(self.storage.reader(), request, cutoff)
+            .await?
+            .live()
         {
             return replay(stored, request);
         }
+        let bytes = response.encode_to_vec();
         for _ in 0..CLAIM_ATTEMPTS {
             let txn = self.storage.begin_write().await?;
-            let claimed = match write {
-                Write::Transaction(work) => {
-                    if persistence::claim(&txn, request, None, now, cutoff).await? {
-                        let response = respond(&work.run(&txn).await?);
-                        persistence::save_response(&txn, request, response.encode_to_vec()).await?;
-                        Some(response)
-                    } else {
-                        None
-                    }
-                }
-                Write::Insert { row, output } => {
-                    let insert =
-                        txn.execute_raw(row.clone().insert_statement(txn.get_database_backend()));
-                    statement(&txn, "insert row", insert).await?;
-                    let response = respond(output);
-                    let bytes = response.encode_to_vec();
-                    persistence::claim(&txn, request, Some(bytes), now, cutoff)
-                        .await?
-                        .then_some(response)
-                }
-            };
-            if let Some(response) = claimed {
+            let insert = txn.execute_raw(row.clone().insert_statement(txn.get_database_backend()));
+            statement(&txn, "insert row", insert).await?;
+            if persistence::claim(&txn, request, bytes.clone(), now, cutoff).await? {
                 commit(txn).await?;
                 return Ok(Executed::fresh(response, true));
             }
             // A live row exists: it was committed before our claim returned (the claim waits
-            // for an uncommitted one), so it is visible to the next statement. Whatever this
-            // call wrote rolls back.
-            let stored = persistence::find_live(&txn, request, cutoff).await?;
+            // for an uncommitted one), so it is visible to the next statement. The insert
+            // rolls back.
+            let stored = persistence::lookup(&txn, request, cutoff).await?.live();
             txn.rollback().await.during("roll back")?;
             if let Some(stored) = stored {
                 return replay(stored, request);
@@ -258,28 +266,139 @@ impl Idempotency {
         Err(claim_attempts_exhausted(request))
     }
 
-    /// A write without a key: an insert alone is one autocommit statement; work runs in a
-    /// write transaction of its own.
-    async fn run_unkeyed<W: Work, R>(
+    /// A planned write with a key. Each attempt: a lookup (a replay is one read); the plan
+    /// (its reads); then the change with the key's claim, in one statement on PostgreSQL when
+    /// the key has no row at all, else in one write transaction. A stale change or a lost
+    /// claim writes nothing and the attempt starts over (a lost claim then replays).
+    async fn run_planned_keyed<P, R>(
         &self,
-        write: &Write<W>,
-        respond: &(impl Fn(&W::Output) -> R + Send + Sync),
-    ) -> Result<R, ServiceError> {
-        match write {
-            Write::Insert { row, output } => {
-                let writer = self.storage.writer();
-                let insert =
-                    writer.execute_raw(row.clone().insert_statement(self.storage.backend()));
-                statement(writer, "insert row", insert).await?;
-                Ok(respond(output))
+        request: &IdempotentRequest,
+        plan: &P,
+        respond: &(impl Fn(&P::Output) -> R + Send + Sync),
+    ) -> Result<Executed<R>, ServiceError>
+    where
+        P: Plan,
+        R: Message + Default,
+    {
+        let mut operation = "write";
+        for _ in 0..PLAN_ATTEMPTS {
+            let now = Timestamp::now();
+            let cutoff = self.retention.get().cutoff(now);
+            let key = persistence::lookup(self.storage.reader(), request, cutoff).await?;
+            let key_absent = match key {
+                KeyLookup::Live(stored) => return replay(stored, request),
+                KeyLookup::Absent => true,
+                KeyLookup::Expired => false,
+            };
+            let planned = match plan.plan(self.storage.reader()).await {
+                Ok(planned) => planned,
+                Err(err) => return self.replay_or(err, request, cutoff).await,
+            };
+            let response = respond(&planned.output);
+            let bytes = response.encode_to_vec();
+            let claim = if key_absent && self.storage.backend() == DbBackend::Postgres {
+                let claim = persistence::claim_with_change(
+                    self.storage.writer(),
+                    request,
+                    bytes,
+                    &planned.change,
+                    now,
+                );
+                claim.await?
+            } else {
+                self.claim_with_change_in_transaction(request, bytes, &planned.change, now, cutoff)
+                    .await?
+            };
+            match claim {
+                ClaimWithChange::Claimed => return Ok(Executed::fresh(response, true)),
+                ClaimWithChange::Stale | ClaimWithChange::Lost => {}
             }
-            Write::Transaction(work) => {
-                let txn = self.storage.begin_write().await?;
-                let response = respond(&work.run(&txn).await?);
+            operation = planned.change.operation();
+        }
+        Err(ServiceError::Contended(operation))
+    }
+
+    /// The change and the claim of the key in one write transaction (SQLite; on PostgreSQL
+    /// when an expired row of the key must be taken over).
+    async fn claim_with_change_in_transaction(
+        &self,
+        request: &IdempotentRequest,
+        response: Vec<u8>,
+        change: &Change,
+        now: Timestamp,
+        cutoff: Timestamp,
+    ) -> Result<ClaimWithChange, ServiceError> {
+        let txn = self.storage.begin_write().await?;
+        if !persistence::claim(&txn, request, response, now, cutoff).await? {
+            txn.rollback().await.during("roll back")?;
+            return Ok(ClaimWithChange::Lost);
+        }
+        match change.apply(&txn).await? {
+            Applied::Yes => {
                 commit(txn).await?;
-                Ok(response)
+                Ok(ClaimWithChange::Claimed)
+            }
+            Applied::Stale => {
+                txn.rollback().await.during("roll back")?;
+                Ok(ClaimWithChange::Stale)
             }
         }
+    }
+
+    /// A plan that failed (NOT_FOUND, ABORTED, ...) may have read the effect of a concurrent
+    /// duplicate that committed after this call's lookup: its key is committed with that
+    /// effect, so a second lookup finds it and the call replays it. Otherwise the error is the
+    /// answer.
+    async fn replay_or<R: Message + Default>(
+        &self,
+        err: ServiceError,
+        request: &IdempotentRequest,
+        cutoff: Timestamp,
+    ) -> Result<Executed<R>, ServiceError> {
+        if matches!(
+            err,
+            ServiceError::Unavailable(_)
+                | ServiceError::Database(_)
+                | ServiceError::Internal { .. }
+        ) {
+            return Err(err);
+        }
+        match persistence::lookup(self.storage.reader(), request, cutoff)
+            .await?
+            .live()
+        {
+            Some(stored) => replay(stored, request),
+            None => Err(err),
+        }
+    }
+
+    /// A planned write without a key: plan, then the change (on PostgreSQL one autocommit
+    /// statement; on SQLite a write transaction, which a call past its deadline drops, and so
+    /// rolls back); again while the change is stale.
+    async fn run_planned_unkeyed<P: Plan, R>(
+        &self,
+        plan: &P,
+        respond: &(impl Fn(&P::Output) -> R + Send + Sync),
+    ) -> Result<R, ServiceError> {
+        let mut operation = "write";
+        for _ in 0..PLAN_ATTEMPTS {
+            let planned = plan.plan(self.storage.reader()).await?;
+            let applied = if self.storage.backend() == DbBackend::Postgres {
+                planned.change.apply(self.storage.writer()).await?
+            } else if planned.change.is_nothing() {
+                Applied::Yes
+            } else {
+                let txn = self.storage.begin_write().await?;
+                let applied = planned.change.apply(&txn).await?;
+                commit(txn).await?;
+                applied
+            };
+            if applied == Applied::Yes {
+                return Ok(respond(&planned.output));
+            }
+            operation = planned.change.operation();
+        }
+        Err(ServiceError::Contended(operation))
     }
 }
 

@@ -5,11 +5,11 @@
 use sea_orm::ActiveValue::Set;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{DatabaseTransaction, DbBackend, QuerySelect, Statement, TryInsertResult};
+use sea_orm::{DatabaseTransaction, DbBackend, QuerySelect, SqlErr, Statement, TryInsertResult};
 
 use super::{IdempotentRequest, RequestFingerprint};
 use crate::domain::Timestamp;
-use crate::storage::{NewRow, StorageError, expect_one_row, statement};
+use crate::storage::{Applied, Change, NewRow, StorageError, deadline, statement};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "idempotency_keys")]
@@ -38,40 +38,60 @@ pub struct StoredKey {
     pub response: Option<Vec<u8>>,
 }
 
-/// The key's row if it was created at or after `cutoff` (older rows count as absent, even
-/// before the sweeper deletes them).
-pub async fn find_live<C: ConnectionTrait>(
+/// What is stored for a key.
+pub enum KeyLookup {
+    /// No row: the key was never used, or its row was swept away.
+    Absent,
+    /// A row created before the cutoff: it counts as absent, but a claim must take it over.
+    Expired,
+    /// A committed row created at or after the cutoff.
+    Live(StoredKey),
+}
+
+impl KeyLookup {
+    pub fn live(self) -> Option<StoredKey> {
+        match self {
+            Self::Live(stored) => Some(stored),
+            Self::Absent | Self::Expired => None,
+        }
+    }
+}
+
+/// The key's committed row: live if it was created at or after `cutoff` (older rows count as
+/// absent, even before the sweeper deletes them).
+pub async fn lookup<C: ConnectionTrait>(
     db: &C,
     request: &IdempotentRequest,
     cutoff: Timestamp,
-) -> Result<Option<StoredKey>, StorageError> {
+) -> Result<KeyLookup, StorageError> {
     let row = Entity::find_by_id((
         request.caller.as_str().to_owned(),
         request.method.to_owned(),
         request.key.as_str().to_owned(),
     ))
     .select_only()
-    .columns([Column::Fingerprint, Column::Response])
-    .filter(Column::CreatedAtUs.gte(cutoff.unix_micros()))
+    .columns([Column::Fingerprint, Column::Response, Column::CreatedAtUs])
     .into_tuple()
     .one(db);
-    let row: Option<(Vec<u8>, Option<Vec<u8>>)> =
+    let row: Option<(Vec<u8>, Option<Vec<u8>>, i64)> =
         statement(db, "find idempotency key", row).await?;
-    Ok(row.map(|(fingerprint, response)| StoredKey {
-        fingerprint: RequestFingerprint::from_slice(&fingerprint),
-        response,
-    }))
+    Ok(match row {
+        None => KeyLookup::Absent,
+        Some((_, _, created_at_us)) if created_at_us < cutoff.unix_micros() => KeyLookup::Expired,
+        Some((fingerprint, response, _)) => KeyLookup::Live(StoredKey {
+            fingerprint: RequestFingerprint::from_slice(&fingerprint),
+            response,
+        }),
+    })
 }
 
-/// Tries to make this call the owner of the key: inserts its row, or takes over a row that
-/// has expired. `response` is stored with it when the caller already has it (else it is
-/// written later by [`save_response`], in the same transaction). Returns false when a live row
-/// exists. On PostgreSQL, if another transaction holds an uncommitted claim on the same key,
+/// Tries to make this call the owner of the key: inserts its row, with the call's response,
+/// or takes over a row that has expired. Returns false when a live row exists. On PostgreSQL, if another transaction holds an uncommitted claim on the same key,
 /// this waits for it to commit or roll back.
 pub async fn claim(
     txn: &DatabaseTransaction,
     request: &IdempotentRequest,
-    response: Option<Vec<u8>>,
+    response: Vec<u8>,
     now: Timestamp,
     cutoff: Timestamp,
 ) -> Result<bool, StorageError> {
@@ -80,7 +100,7 @@ pub async fn claim(
         method: Set(request.method.to_owned()),
         key: Set(request.key.as_str().to_owned()),
         fingerprint: Set(request.fingerprint.as_bytes().to_vec()),
-        response: Set(response),
+        response: Set(Some(response)),
         created_at_us: Set(now.unix_micros()),
     };
     let on_conflict = OnConflict::columns([Column::Caller, Column::Method, Column::Key])
@@ -93,23 +113,6 @@ pub async fn claim(
         .exec_without_returning(txn);
     let result = statement(txn, "claim idempotency key", insert).await?;
     Ok(matches!(result, TryInsertResult::Inserted(n) if n > 0))
-}
-
-/// Stores the response of the call that claimed the key, in that call's transaction.
-pub async fn save_response(
-    txn: &DatabaseTransaction,
-    request: &IdempotentRequest,
-    response: Vec<u8>,
-) -> Result<(), StorageError> {
-    const OPERATION: &str = "store idempotent response";
-    let result = Entity::update_many()
-        .col_expr(Column::Response, Expr::value(response))
-        .filter(Column::Caller.eq(request.caller.as_str()))
-        .filter(Column::Method.eq(request.method))
-        .filter(Column::Key.eq(request.key.as_str()))
-        .exec(txn);
-    let result = statement(txn, OPERATION, result).await?;
-    expect_one_row(result.rows_affected, OPERATION)
 }
 
 /// What [`claim_with_insert`] found.
@@ -198,6 +201,135 @@ fn claim_with_insert_sql(row: &NewRow) -> String {
     )
 }
 
+/// What [`claim_with_change`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimWithChange {
+    /// The key is this call's and the change is made; both committed together.
+    Claimed,
+    /// The change's rows had changed since they were read: nothing was written.
+    Stale,
+    /// A concurrent call committed the key first: nothing was written; a lookup now finds it.
+    Lost,
+}
+
+/// PostgreSQL only, for a key with no row at all: the change and the claim of the key (with
+/// the call's response) in ONE statement, one implicit transaction. The claim is inserted only
+/// if the change applied; the change is kept only if the claim is (a key committed
+/// concurrently makes the INSERT fail on the primary key, which rolls the whole statement
+/// back). A key whose expired row is still there is claimed in a transaction instead. During
+/// a call, the statement's lock waits end at the call's deadline (`storage::deadline`).
+pub async fn claim_with_change<C: ConnectionTrait>(
+    db: &C,
+    request: &IdempotentRequest,
+    response: Vec<u8>,
+    change: &Change,
+    now: Timestamp,
+) -> Result<ClaimWithChange, StorageError> {
+    const OPERATION: &str = "claim idempotency key and change";
+    let lock_timeout = deadline::lock_timeout();
+    let first_wait = lock_timeout.as_ref().map(|_| deadline::EVALUATED_FIRST);
+    let (work, mut values) = match change.statement_where(DbBackend::Postgres, first_wait) {
+        Some(work) => (
+            Some(work.sql),
+            work.values.map(|values| values.0).unwrap_or_default(),
+        ),
+        None => (None, Vec::new()),
+    };
+    let sql = ClaimWithChangeSql {
+        work: work.as_deref(),
+        guarded: change.is_guarded(),
+        key_row: values.len() + 1,
+        deadline: lock_timeout.is_some().then_some(values.len() + 7),
+    }
+    .to_string();
+    values.extend([
+        Value::from(request.caller.as_str()),
+        request.method.into(),
+        request.key.as_str().into(),
+        request.fingerprint.as_bytes().to_vec().into(),
+        response.into(),
+        now.unix_micros().into(),
+    ]);
+    values.extend(lock_timeout.map(Value::from));
+    let run = async {
+        let row = db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                values,
+            ))
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("the claim statement returned no row".into()))?;
+        row.try_get::<i64>("", "changed")
+    };
+    match statement(db, OPERATION, run).await {
+        Ok(changed) => Ok(
+            match u64::try_from(changed).map(|rows| change.outcome(rows)) {
+                Ok(Applied::Yes) => ClaimWithChange::Claimed,
+                _ => ClaimWithChange::Stale,
+            },
+        ),
+        Err(err)
+            if matches!(
+                err.source.sql_err(),
+                Some(SqlErr::UniqueConstraintViolation(_))
+            ) =>
+        {
+            Ok(ClaimWithChange::Lost)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// The statement of [`claim_with_change`]. Answers `changed`, the rows the change changed.
+struct ClaimWithChangeSql<'a> {
+    /// The change's UPDATE or DELETE (parameters from $1), if the write changes anything.
+    work: Option<&'a str>,
+    /// Whether the change must change exactly one row, else the key is not claimed.
+    guarded: bool,
+    /// The first of the key row's six parameters: caller, method, key, fingerprint,
+    /// response, time.
+    key_row: usize,
+    /// The parameter with the call's `lock_timeout`, if the statement runs for a call (then
+    /// `work` already waits for the `deadline` CTE).
+    deadline: Option<usize>,
+}
+
+impl std::fmt::Display for ClaimWithChangeSql<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = |n: usize| format!("${}", self.key_row + n);
+        let key_row = format!("{}, {}, {}, {}, {}, {}", p(0), p(1), p(2), p(3), p(4), p(5));
+        let mut conditions = Vec::new();
+        let mut ctes = Vec::new();
+        if let Some(param) = self.deadline {
+            ctes.push(deadline::cte(param));
+            conditions.push(deadline::EVALUATED_FIRST.to_owned());
+        }
+        if let Some(work) = self.work {
+            ctes.push(format!("work AS ({work} RETURNING 1)"));
+            if self.guarded {
+                conditions.push("(SELECT count(*) FROM work) = 1".to_owned());
+            }
+        }
+        let condition = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        ctes.push(format!(
+            "claim AS (INSERT INTO idempotency_keys \
+             (caller, method, key, fingerprint, response, created_at_us) \
+             SELECT {key_row}{condition})"
+        ));
+        let changed = if self.work.is_some() {
+            "SELECT count(*) AS changed FROM work"
+        } else {
+            "SELECT 0::int8 AS changed"
+        };
+        write!(f, "WITH {} {changed}", ctes.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +393,44 @@ mod tests {
         assert_eq!(
             as_service_sql("SELECT /*$1*/(f(a, (b))) + /*$2*/('x');"),
             "SELECT $1 + $2"
+        );
+    }
+
+    #[test]
+    fn a_guarded_change_claims_the_key_only_if_it_changed_one_row() {
+        let sql = ClaimWithChangeSql {
+            work: Some("UPDATE t SET a = $1 WHERE id = $2 AND (x)"),
+            guarded: true,
+            key_row: 3,
+            deadline: Some(9),
+        }
+        .to_string();
+        assert_eq!(
+            sql,
+            "WITH deadline AS (SELECT set_config('lock_timeout', $9, true) AS lock_timeout), \
+             work AS (UPDATE t SET a = $1 WHERE id = $2 AND (x) RETURNING 1), \
+             claim AS (INSERT INTO idempotency_keys \
+             (caller, method, key, fingerprint, response, created_at_us) \
+             SELECT $3, $4, $5, $6, $7, $8 WHERE (SELECT lock_timeout FROM deadline) IS NOT NULL \
+             AND (SELECT count(*) FROM work) = 1) \
+             SELECT count(*) AS changed FROM work"
+        );
+    }
+
+    #[test]
+    fn no_change_is_a_claim_alone() {
+        let sql = ClaimWithChangeSql {
+            work: None,
+            guarded: false,
+            key_row: 1,
+            deadline: None,
+        }
+        .to_string();
+        assert_eq!(
+            sql,
+            "WITH claim AS (INSERT INTO idempotency_keys \
+             (caller, method, key, fingerprint, response, created_at_us) \
+             SELECT $1, $2, $3, $4, $5, $6) SELECT 0::int8 AS changed"
         );
     }
 }

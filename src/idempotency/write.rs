@@ -1,46 +1,58 @@
 //! The one shape of a write: what a write use case returns, and the one thing
 //! [`Idempotency::execute`](super::Idempotency::execute) runs, with or without a key.
 //!
-//! A write is either [`Write::Insert`] (one new row and nothing else: CreateTodo) or
-//! [`Write::Transaction`] (work that reads or changes existing rows: UpdateTodo, DeleteTodo).
-//! The variant says how the call's idempotency key is claimed; the work itself is a plain
-//! `async fn run(&self, txn)` of a type implementing [`Work`].
+//! Every write knows what it will answer before it writes anything, so the answer can be
+//! stored with the key's claim in the same statement or transaction as the write:
+//! - [`Write::Insert`]: one new row and nothing else (CreateTodo); its output is known from
+//!   the request alone;
+//! - [`Write::Planned`]: a write that depends on stored rows (UpdateTodo, DeleteTodo). Its
+//!   [`Plan::plan`] reads them and decides the [`Change`] to make and the output, without
+//!   locking anything. The change is conditional on what was read (the row's revision): if a
+//!   concurrent write got there first, nothing is written and the plan runs again on what is
+//!   stored then.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::marker::PhantomData;
 
-use sea_orm::DatabaseTransaction;
+use sea_orm::DatabaseConnection;
 
 use crate::error::ServiceError;
-use crate::storage::NewRow;
+use crate::storage::{Change, NewRow};
 
-/// Work a write does inside one database transaction, the one its key is claimed in.
+/// A decided write: the change to make and what the call answers once it is made.
+#[derive(Debug)]
+pub struct Planned<T> {
+    /// What to write (possibly nothing), conditional on what the plan read.
+    pub change: Change,
+    /// The write's result (a domain value; the handler turns it into the response).
+    pub output: T,
+}
+
+/// A write that reads stored rows to decide what to write.
 ///
-/// `run` may be called again, in a new transaction, when an attempt lost its key to a
-/// concurrent call whose row then expired before it could be read (see `CLAIM_ATTEMPTS`): an
-/// attempt that does not commit leaves no trace, so running again is safe.
-pub trait Work: Send + Sync {
-    /// What the write produces (a domain value; the handler turns it into the response).
+/// `plan` may run several times for one call (after a concurrent write made its change stale):
+/// it only reads, so running it again is safe.
+pub trait Plan: Send + Sync {
+    /// What the write produces.
     type Output: Send + Sync;
 
-    /// Does the work in `txn`. An error rolls the transaction back and frees the key.
-    fn run(
+    /// Reads what the write depends on (through `db`, outside any transaction) and decides.
+    /// An error (NOT_FOUND, ABORTED on an etag mismatch, ...) writes nothing.
+    fn plan(
         &self,
-        txn: &DatabaseTransaction,
-    ) -> impl Future<Output = Result<Self::Output, ServiceError>> + Send;
+        db: &DatabaseConnection,
+    ) -> impl Future<Output = Result<Planned<Self::Output>, ServiceError>> + Send;
 }
 
 /// A write, and so how its idempotency key is claimed.
-pub enum Write<W: Work> {
+pub enum Write<P: Plan> {
     /// Inserts `row` and nothing else; `output` is the write's result once the row exists.
-    /// The key is claimed together with the insert, with the response already known: on
-    /// PostgreSQL lookup, claim and insert are one statement.
-    Insert { row: NewRow, output: W::Output },
-    /// Reads or changes existing rows. The key is claimed first, in the same transaction, so
-    /// a concurrent duplicate waits for this call's response instead of seeing its effect
-    /// (a changed etag, a deleted row).
-    Transaction(W),
+    /// On PostgreSQL lookup, claim and insert are one statement.
+    Insert { row: NewRow, output: P::Output },
+    /// Reads, then changes existing rows; the change and the key's claim (with the response)
+    /// are one statement on PostgreSQL, one transaction on SQLite.
+    Planned(P),
 }
 
 impl<T: Send + Sync> Write<InsertOnly<T>> {
@@ -50,14 +62,14 @@ impl<T: Send + Sync> Write<InsertOnly<T>> {
     }
 }
 
-/// The [`Work`] of a [`Write::Insert`]: there is none beyond the insert (this type has no
+/// The [`Plan`] of a [`Write::Insert`]: there is none beyond the insert (this type has no
 /// values).
 pub struct InsertOnly<T>(Infallible, PhantomData<fn() -> T>);
 
-impl<T: Send + Sync> Work for InsertOnly<T> {
+impl<T: Send + Sync> Plan for InsertOnly<T> {
     type Output = T;
 
-    async fn run(&self, _txn: &DatabaseTransaction) -> Result<T, ServiceError> {
+    async fn plan(&self, _db: &DatabaseConnection) -> Result<Planned<T>, ServiceError> {
         match self.0 {}
     }
 }

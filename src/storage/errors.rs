@@ -19,6 +19,13 @@ impl StorageError {
     pub fn is_unavailable(&self) -> bool {
         is_unavailable(&self.source)
     }
+
+    /// Whether a lock wait outlasted the call's deadline (SQLSTATE 55P03, from the
+    /// `lock_timeout` a statement sets to the time its call has left: `deadline.rs`); the
+    /// statement rolled back.
+    pub fn is_past_deadline(&self) -> bool {
+        self.sqlstate().is_some_and(|code| code == "55P03")
+    }
 }
 
 /// Failures after which running the same work again is safe, because the database committed
@@ -81,17 +88,6 @@ impl<T> During<T> for Result<T, DbErr> {
     }
 }
 
-/// An UPDATE that had to change exactly one row: `rows_affected` other than 1 is an error.
-pub fn expect_one_row(rows_affected: u64, operation: &'static str) -> Result<(), StorageError> {
-    match rows_affected {
-        1 => Ok(()),
-        _ => Err(StorageError {
-            operation,
-            source: DbErr::RecordNotUpdated,
-        }),
-    }
-}
-
 /// Whether a database error means "the database is unreachable, overloaded or timed out"
 /// (UNAVAILABLE, safe to retry) rather than a bug (INTERNAL).
 pub fn is_unavailable(err: &DbErr) -> bool {
@@ -149,9 +145,6 @@ mod tests {
         assert_eq!(err.to_string(), "database operation `update todo` failed");
         let source = std::error::Error::source(&err).expect("the driver's error");
         assert_eq!(source.to_string(), DbErr::RecordNotUpdated.to_string());
-        assert!(expect_one_row(1, "x").is_ok());
-        assert!(expect_one_row(0, "x").is_err());
-        assert!(expect_one_row(2, "x").is_err());
     }
 
     #[test]

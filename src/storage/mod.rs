@@ -1,6 +1,8 @@
 //! Storage: database connections, the todo table, and service settings. SeaORM over sqlx, on
 //! SQLite (embedded default) or PostgreSQL (production, shared by replicas).
 
+mod change;
+pub mod deadline;
 mod errors;
 mod new_row;
 mod settings;
@@ -19,11 +21,13 @@ use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
+use tracing::Instrument;
 
-pub use errors::{During, StorageError, Transient, expect_one_row};
+pub use change::{Applied, Change};
+pub use errors::{During, StorageError, Transient};
 pub use new_row::NewRow;
 pub use statement::{statement, statement_span};
-pub use todos::{delete_todo, find_todo, find_todo_for_update, list_todos, todo_row, update_todo};
+pub use todos::{delete_todo, find_todo, list_todos, todo_row, update_todo};
 
 use crate::domain::PageTokenKey;
 
@@ -209,8 +213,9 @@ impl Storage {
                 .then_some(SqliteTransactionMode::Immediate),
             ..TransactionOptions::default()
         };
-        self.writer
-            .begin_with_options(options)
+        let begin = self.writer.begin_with_options(options);
+        begin
+            .instrument(statement_span(self.backend, "begin"))
             .await
             .during("begin write transaction")
     }

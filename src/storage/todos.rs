@@ -3,12 +3,13 @@
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr,
-    EntityName, EntityTrait, IdenStatic, Iterable, QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityName,
+    EntityTrait, IdenStatic, Iterable, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
 use super::NewRow;
-use super::errors::{StorageError, expect_one_row};
+use super::change::{Change, ChangeStatement};
+use super::errors::StorageError;
 use super::statement::statement;
 use super::todo_entity::{ActiveModel, Column, Entity, Model};
 use crate::domain::{Caller, ListQuery, Timestamp, Todo, TodoDescription, TodoId, TodoTitle};
@@ -72,57 +73,38 @@ pub async fn find_todo<C: ConnectionTrait>(
     .await
 }
 
-/// Reads a todo and locks its row until the transaction ends (PostgreSQL `FOR UPDATE`; on
-/// SQLite the write transaction already excludes other writers).
-pub async fn find_todo_for_update(
-    txn: &DatabaseTransaction,
-    owner: &Caller,
-    id: TodoId,
-) -> Result<Option<Todo>, StorageError> {
-    let find = Entity::find_by_id(id.as_uuid())
-        .filter(Column::Owner.eq(owner.as_str()))
-        .lock_exclusive()
-        .one(txn);
-    statement(txn, "find todo for update", async {
-        find.await
-            .and_then(|model| model.map(to_domain).transpose())
-    })
-    .await
-}
-
-/// Writes every mutable field of `todo` over the stored row.
-pub async fn update_todo(
-    txn: &DatabaseTransaction,
-    owner: &Caller,
-    todo: &Todo,
-) -> Result<(), StorageError> {
-    let result = Entity::update_many()
-        .col_expr(Column::Title, Expr::value(todo.title.as_str()))
-        .col_expr(Column::Description, Expr::value(todo.description.as_str()))
-        .col_expr(Column::Completed, Expr::value(todo.completed))
+/// The change that writes every mutable field of `next` over the stored todo, if the stored
+/// revision is still `read_revision` (the one `next` was computed from).
+pub fn update_todo(owner: &Caller, next: &Todo, read_revision: i64) -> Change {
+    let update = Entity::update_many()
+        .col_expr(Column::Title, Expr::value(next.title.as_str()))
+        .col_expr(Column::Description, Expr::value(next.description.as_str()))
+        .col_expr(Column::Completed, Expr::value(next.completed))
         .col_expr(
             Column::UpdateTimeUs,
-            Expr::value(todo.update_time.unix_micros()),
+            Expr::value(next.update_time.unix_micros()),
         )
-        .col_expr(Column::Revision, Expr::value(todo.revision))
-        .filter(Column::Id.eq(todo.id.as_uuid()))
+        .col_expr(Column::Revision, Expr::value(next.revision))
+        .filter(Column::Id.eq(next.id.as_uuid()))
         .filter(Column::Owner.eq(owner.as_str()))
-        .exec(txn);
-    let result = statement(txn, "update todo", result).await?;
-    expect_one_row(result.rows_affected, "update todo")
+        .filter(Column::Revision.eq(read_revision))
+        .into_query();
+    Change::guarded(ChangeStatement::Update(update), "update todo")
 }
 
-/// Deletes the todo; returns whether a row was deleted.
-pub async fn delete_todo<C: ConnectionTrait>(
-    db: &C,
-    owner: &Caller,
-    id: TodoId,
-) -> Result<bool, StorageError> {
-    let delete = Entity::delete_by_id(id.as_uuid())
-        .filter(Column::Owner.eq(owner.as_str()))
-        .exec(db);
-    let result = statement(db, "delete todo", delete).await?;
-    Ok(result.rows_affected > 0)
+/// The change that deletes the todo: only at `read_revision` when one is given (the delete
+/// was decided on that revision), else whether or not it exists.
+pub fn delete_todo(owner: &Caller, id: TodoId, read_revision: Option<i64>) -> Change {
+    let mut delete = Entity::delete_many()
+        .filter(Column::Id.eq(id.as_uuid()))
+        .filter(Column::Owner.eq(owner.as_str()));
+    match read_revision {
+        Some(revision) => {
+            delete = delete.filter(Column::Revision.eq(revision));
+            Change::guarded(ChangeStatement::Delete(delete.into_query()), "delete todo")
+        }
+        None => Change::unguarded(ChangeStatement::Delete(delete.into_query()), "delete todo"),
+    }
 }
 
 /// One page in id order, plus one row more if there is one (so the caller knows whether to

@@ -22,6 +22,7 @@ both_backends!(
     retention_is_one_shared_value_that_no_replica_changes_by_accident,
     an_idempotency_key_in_trailers_is_ignored_and_trailers_count_in_the_limit,
     a_client_deadline_that_expires_on_the_server_is_deadline_exceeded_and_rolls_back,
+    an_unkeyed_update_past_its_deadline_never_commits,
 );
 
 const CREATE: &str = "/todo.v1.TodoService/CreateTodo";
@@ -142,6 +143,17 @@ async fn an_idempotency_key_in_trailers_is_ignored_and_trailers_count_in_the_lim
 async fn a_client_deadline_that_expires_on_the_server_is_deadline_exceeded_and_rolls_back(
     backend: Backend,
 ) {
+    update_past_its_deadline(backend, Some(&fresh_key())).await;
+}
+
+/// An update without a key is ONE autocommit statement on PostgreSQL: past the deadline it
+/// must not commit either, when the lock it waited for is released (`storage::deadline`).
+async fn an_unkeyed_update_past_its_deadline_never_commits(backend: Backend) {
+    update_past_its_deadline(backend, None).await;
+}
+
+/// An update that waits for a lock the test holds, with a client deadline of 300 ms.
+async fn update_past_its_deadline(backend: Backend, key: Option<&str>) {
     use sea_orm::{ConnectionTrait, TransactionTrait};
     let app = spawn_app(backend).await;
     let todo = app.create_todo("locked").await;
@@ -159,15 +171,16 @@ async fn a_client_deadline_that_expires_on_the_server_is_deadline_exceeded_and_r
             txn
         }
     };
-    let key = fresh_key();
     let mut update = todo.clone();
     update.title = "changed".to_owned();
     let mut raw = RawConnection::open(app.addr).await;
     let started = std::time::Instant::now();
+    let mut headers = vec![("grpc-timeout", "300m")];
+    headers.extend(key.map(|key| ("idempotency-key", key)));
     let response = raw
         .call(
             "/todo.v1.TodoService/UpdateTodo",
-            &[("grpc-timeout", "300m"), ("idempotency-key", &key)],
+            &headers,
             &replace(update.clone()),
             &[],
         )
@@ -194,8 +207,15 @@ async fn a_client_deadline_that_expires_on_the_server_is_deadline_exceeded_and_r
         todo,
         "rolled back"
     );
+    // Whatever the database was still running for the call has ended by now.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        app.get(&todo.id).await.expect("still there"),
+        todo,
+        "nothing committed after the deadline"
+    );
     let retried = app
-        .update(replace(update), Some(&key))
+        .update(replace(update), key)
         .await
         .expect("the retry runs");
     assert!(

@@ -33,6 +33,8 @@ both_backends!(
     key_is_shared_across_replicas,
     equal_requests_encoded_differently_match,
     delete_checks_the_key_form,
+    a_key_reused_at_once_on_two_todos_changes_one,
+    concurrent_same_key_deletes_with_an_etag_all_succeed,
 );
 
 fn assert_key_reused(status: &Status) {
@@ -620,4 +622,85 @@ async fn delete_checks_the_key_form(backend: Backend) {
     );
     app.client.clone().delete_todo(request).await.unwrap();
     assert_eq!(app.todo_count().await, 0);
+}
+
+/// One key sent at once with updates of two different todos: the first claim wins; every
+/// call of the winning request answers its response, every call of the other request is
+/// IDEMPOTENCY_KEY_REUSED, and the losing todo is untouched (the losing change rolled back with
+/// its claim).
+async fn a_key_reused_at_once_on_two_todos_changes_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let todos = [app.create_todo("a").await, app.create_todo("b").await];
+    let key = fresh_key();
+    let calls = (0..16).map(|i| {
+        let (app, key) = (&app, &key);
+        let target = &todos[i % 2];
+        let request = masked(
+            proto::Todo {
+                id: target.id.clone(),
+                completed: true,
+                ..proto::Todo::default()
+            },
+            &["completed"],
+        );
+        async move { (i % 2, app.update(request, Some(key)).await) }
+    });
+    let results = join_all(calls).await;
+    let winner = results
+        .iter()
+        .find_map(|(target, result)| match result {
+            Ok(response) if !is_replayed(response) => Some(*target),
+            _ => None,
+        })
+        .expect("one call wrote");
+    for (target, result) in &results {
+        match result {
+            Ok(response) => {
+                assert_eq!(*target, winner, "only the winner's request succeeds");
+                assert_eq!(response.get_ref().id, todos[winner].id);
+            }
+            Err(status) => {
+                assert_ne!(*target, winner, "{status:?}");
+                assert_key_reused(status);
+            }
+        }
+    }
+    let fresh = results
+        .iter()
+        .filter(|(_, result)| result.as_ref().is_ok_and(|r| !is_replayed(r)))
+        .count();
+    assert_eq!(fresh, 1, "written once");
+    let winner_now = app.get(&todos[winner].id).await.expect("winner");
+    let loser_now = app.get(&todos[1 - winner].id).await.expect("loser");
+    assert_eq!(
+        (winner_now.etag.as_str(), winner_now.completed),
+        ("\"2\"", true)
+    );
+    assert_eq!(loser_now, todos[1 - winner], "the other todo is untouched");
+    assert_eq!(app.key_count().await, 1);
+}
+
+/// 16 deletes of one todo at once with one key and the todo's etag: every one succeeds (one
+/// deletes it; the others find it gone, a change made stale, and read again), and DeleteTodo
+/// stores no key.
+async fn concurrent_same_key_deletes_with_an_etag_all_succeed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let todo = app.create_todo("delete once").await;
+    let key = fresh_key();
+    let calls = (0..16).map(|_| {
+        let mut client = app.client.clone();
+        let request = keyed(
+            proto::DeleteTodoRequest {
+                id: todo.id.clone(),
+                etag: todo.etag.clone(),
+            },
+            Some(&key),
+        );
+        async move { client.delete_todo(request).await }
+    });
+    for result in join_all(calls).await {
+        result.expect("every duplicate succeeds");
+    }
+    assert_eq!(app.todo_count().await, 0);
+    assert_eq!(app.key_count().await, 0);
 }

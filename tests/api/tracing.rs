@@ -22,10 +22,13 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::both_backends;
-use crate::helpers::{Backend, TestDatabase, new_todo};
+use crate::helpers::{Backend, TestDatabase, keyed, masked, new_todo};
 use crate::server_process::ServerProcess;
 
-both_backends!(a_call_continues_the_callers_trace_with_db_child_spans);
+both_backends!(
+    a_call_continues_the_callers_trace_with_db_child_spans,
+    writes_make_the_fewest_round_trips,
+);
 
 /// Every span exported to it.
 #[derive(Clone, Default)]
@@ -198,4 +201,135 @@ async fn a_call_continues_the_callers_trace_with_db_child_spans(backend: Backend
             assert_eq!(text(statement, "db.operation.name"), statement.name);
         }
     }
+}
+
+/// The database statements of each write, read off its spans (every round trip has one, BEGIN
+/// and COMMIT included): on PostgreSQL an UpdateTodo with a key is a key lookup, the plan's
+/// read and ONE statement that makes the change and claims the key; without a key (and a
+/// DeleteTodo, which stores no key), the read and the change. On SQLite the change and the
+/// claim are one transaction.
+async fn writes_make_the_fewest_round_trips(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let (receiver_addr, receiver) = start_receiver().await;
+    let endpoint = format!("http://{receiver_addr}");
+    let mut server =
+        ServerProcess::start(&db.url, "127.0.0.1:0", &["--otlp-endpoint", &endpoint]).await;
+    let mut client = TodoServiceClient::new(server.channel());
+    let todo = client
+        .create_todo(keyed(new_todo("counted"), Some("count-create")))
+        .await
+        .expect("created")
+        .into_inner();
+    let title = |title: &str| {
+        masked(
+            todo_service::proto::Todo {
+                title: title.to_owned(),
+                ..todo.clone()
+            },
+            &["title"],
+        )
+    };
+    let updated = client
+        .update_todo(keyed(title("keyed"), Some("count-update")))
+        .await
+        .expect("keyed update")
+        .into_inner();
+    let mut unkeyed = title("unkeyed");
+    unkeyed.todo.as_mut().expect("a todo").etag = updated.etag.clone();
+    let updated = client
+        .update_todo(keyed(unkeyed, None))
+        .await
+        .expect("unkeyed update")
+        .into_inner();
+    let delete = todo_service::proto::DeleteTodoRequest {
+        id: updated.id.clone(),
+        etag: updated.etag.clone(),
+    };
+    client
+        .delete_todo(keyed(delete, Some("count-delete")))
+        .await
+        .expect("keyed delete");
+    // Stopping the server flushes its spans.
+    assert!(server.terminate().await.success());
+
+    let spans = receiver.spans.lock().expect("lock").clone();
+    let mut rpcs: Vec<&Span> = spans
+        .iter()
+        .filter(|span| span.kind == SpanKind::Server as i32)
+        .collect();
+    rpcs.sort_by_key(|span| span.start_time_unix_nano);
+    let statements = |rpc: &Span| {
+        let mut children: Vec<&Span> = spans
+            .iter()
+            .filter(|span| span.parent_span_id == rpc.span_id)
+            .collect();
+        children.sort_by_key(|span| span.start_time_unix_nano);
+        (
+            rpc.name.clone(),
+            children
+                .iter()
+                .map(|span| span.name.clone())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let observed: Vec<(String, Vec<String>)> = rpcs.into_iter().map(statements).collect();
+    let rpc = |method: &str, statements: &[&str]| {
+        (
+            format!("todo.v1.TodoService/{method}"),
+            statements
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let expected = match backend {
+        Backend::Postgres => vec![
+            rpc("CreateTodo", &["claim idempotency key and insert"]),
+            rpc(
+                "UpdateTodo",
+                &[
+                    "find idempotency key",
+                    "find todo",
+                    "claim idempotency key and change",
+                ],
+            ),
+            rpc("UpdateTodo", &["find todo", "update todo"]),
+            // DeleteTodo stores no key.
+            rpc("DeleteTodo", &["find todo", "delete todo"]),
+        ],
+        Backend::Sqlite => {
+            vec![
+                rpc(
+                    "CreateTodo",
+                    &[
+                        "find idempotency key",
+                        "begin",
+                        "insert row",
+                        "claim idempotency key",
+                        "commit",
+                    ],
+                ),
+                rpc(
+                    "UpdateTodo",
+                    &[
+                        "find idempotency key",
+                        "find todo",
+                        "begin",
+                        "claim idempotency key",
+                        "update todo",
+                        "commit",
+                    ],
+                ),
+                rpc(
+                    "UpdateTodo",
+                    &["find todo", "begin", "update todo", "commit"],
+                ),
+                rpc(
+                    "DeleteTodo",
+                    &["find todo", "begin", "delete todo", "commit"],
+                ),
+            ]
+        }
+    };
+    assert_eq!(observed, expected);
 }

@@ -4,7 +4,9 @@ use todo_service::proto;
 use tonic::Code;
 
 use crate::both_backends;
-use crate::helpers::{Backend, assert_invalid_field, masked, replace, spawn_app};
+use futures::future::join_all;
+
+use crate::helpers::{Backend, assert_invalid_field, fresh_key, masked, replace, spawn_app};
 
 both_backends!(
     full_replacement_replaces_every_field_and_changes_etag,
@@ -17,6 +19,7 @@ both_backends!(
     update_that_changes_nothing_is_not_a_write,
     update_validates_id_and_fields,
     every_write_changes_the_etag,
+    concurrent_updates_of_one_todo_all_apply,
 );
 
 async fn full_replacement_replaces_every_field_and_changes_etag(backend: Backend) {
@@ -265,4 +268,36 @@ async fn every_write_changes_the_etag(backend: Backend) {
         assert!(!seen.contains(&todo.etag), "etag {} repeated", todo.etag);
         seen.push(todo.etag.clone());
     }
+}
+
+/// 16 updates of one todo at once, without etags, half of them keyed: every one applies, on
+/// the revision the one before it wrote (none is lost, none fails): a change made stale by a
+/// concurrent write is read and decided again.
+async fn concurrent_updates_of_one_todo_all_apply(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let todo = app.create_todo("contended").await;
+    let calls = (0..16).map(|i| {
+        let app = &app;
+        let request = masked(
+            proto::Todo {
+                id: todo.id.clone(),
+                title: format!("writer {i}"),
+                ..proto::Todo::default()
+            },
+            &["title"],
+        );
+        let key = (i % 2 == 0).then(fresh_key);
+        async move { app.update(request, key.as_deref()).await }
+    });
+    let mut revisions: Vec<String> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|result| result.expect("every update applies").into_inner().etag)
+        .collect();
+    revisions.sort_by_key(|etag| etag.trim_matches('"').parse::<u32>().unwrap_or(0));
+    let expected: Vec<String> = (2..=17).map(|revision| format!("\"{revision}\"")).collect();
+    assert_eq!(revisions, expected, "each update wrote its own revision");
+    let stored = app.get(&todo.id).await.expect("stored");
+    assert_eq!(stored.etag, "\"17\"");
+    assert!(stored.title.starts_with("writer "));
 }
