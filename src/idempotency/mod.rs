@@ -4,8 +4,8 @@
 //! does (see `write.rs`). Every write knows its response before it writes, so a call that
 //! carries a key stores that response with the key's claim, atomically with the write:
 //! 1. a live row for (caller, method, key) already committed? Replay its stored response if
-//!    the request's fingerprint matches, else `IDEMPOTENCY_KEY_REUSED` (one indexed read, as
-//!    cheap as a GetTodo);
+//!    the request's fingerprint matches, else `IDEMPOTENCY_KEY_REUSED` (for a create, one
+//!    indexed read or statement, as cheap as a GetTodo);
 //! 2. otherwise the write and the claim of the key (its row, inserted under the primary key's
 //!    unique constraint, or an expired row taken over) commit together, or neither does. A
 //!    concurrent call with the same key blocks on the claim until the first commits, then
@@ -21,10 +21,12 @@
 //! back and replays.
 //!
 //! A [`Write::Planned`] (UpdateTodo, DeleteTodo) reads and decides first, locking nothing,
-//! then makes its change guarded by the revision it read. On PostgreSQL the change and the
-//! claim are ONE statement (when the key has no row at all: the claim is a plain INSERT whose
-//! primary key conflict, with a key committed concurrently, rolls the change back); on SQLite,
-//! and to take over an expired row, one transaction. A stale change (a concurrent write got
+//! then makes its change guarded by the revision it read. It does not look the key up first:
+//! on PostgreSQL the change and the claim are ONE statement (the claim is a plain INSERT whose
+//! primary key conflict, with a row of the key already there or committed concurrently, rolls
+//! the change back; then the key is looked up and replayed); on SQLite, and to take over an
+//! expired row, one transaction. A replay is thus the plan's read, the failed claim and the
+//! lookup; a fresh call, the read and one statement. A stale change (a concurrent write got
 //! there first) writes nothing and the call reads and decides again. A concurrent duplicate
 //! either waits on the row or the key and then replays, or reads the first call's effect: if
 //! that makes its plan fail (an etag that moved, a todo gone), it looks the key up again and
@@ -266,10 +268,12 @@ impl Idempotency {
         Err(claim_attempts_exhausted(request))
     }
 
-    /// A planned write with a key. Each attempt: a lookup (a replay is one read); the plan
-    /// (its reads); then the change with the key's claim, in one statement on PostgreSQL when
-    /// the key has no row at all, else in one write transaction. A stale change or a lost
-    /// claim writes nothing and the attempt starts over (a lost claim then replays).
+    /// A planned write with a key. The key is not looked up first: a fresh call (the common
+    /// case) is the plan's reads and then ONE statement on PostgreSQL that makes the change and
+    /// claims the key (a write transaction on SQLite). Only when the claim is lost (a live or
+    /// expired row of the key exists) or the plan fails is the key looked up: a live row is
+    /// replayed, an expired one taken over in a write transaction. A stale change writes
+    /// nothing and the call plans again.
     async fn run_planned_keyed<P, R>(
         &self,
         request: &IdempotentRequest,
@@ -281,22 +285,19 @@ impl Idempotency {
         R: Message + Default,
     {
         let mut operation = "write";
+        // What a lookup found, once a lost claim made one; before that the key is taken to
+        // have no row.
+        let mut expired_row = false;
         for _ in 0..PLAN_ATTEMPTS {
             let now = Timestamp::now();
             let cutoff = self.retention.get().cutoff(now);
-            let key = persistence::lookup(self.storage.reader(), request, cutoff).await?;
-            let key_absent = match key {
-                KeyLookup::Live(stored) => return replay(stored, request),
-                KeyLookup::Absent => true,
-                KeyLookup::Expired => false,
-            };
             let planned = match plan.plan(self.storage.reader()).await {
                 Ok(planned) => planned,
                 Err(err) => return self.replay_or(err, request, cutoff).await,
             };
             let response = respond(&planned.output);
             let bytes = response.encode_to_vec();
-            let claim = if key_absent && self.storage.backend() == DbBackend::Postgres {
+            let claim = if !expired_row && self.storage.backend() == DbBackend::Postgres {
                 let claim = persistence::claim_with_change(
                     self.storage.writer(),
                     request,
@@ -311,7 +312,15 @@ impl Idempotency {
             };
             match claim {
                 ClaimWithChange::Claimed => return Ok(Executed::fresh(response, true)),
-                ClaimWithChange::Stale | ClaimWithChange::Lost => {}
+                ClaimWithChange::Stale => {}
+                // The key has a row, committed before the claim returned: read it.
+                ClaimWithChange::Lost => {
+                    match persistence::lookup(self.storage.reader(), request, cutoff).await? {
+                        KeyLookup::Live(stored) => return replay(stored, request),
+                        KeyLookup::Expired => expired_row = true,
+                        KeyLookup::Absent => expired_row = false,
+                    }
+                }
             }
             operation = planned.change.operation();
         }

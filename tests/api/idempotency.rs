@@ -35,6 +35,7 @@ both_backends!(
     delete_checks_the_key_form,
     a_key_reused_at_once_on_two_todos_changes_one,
     concurrent_same_key_deletes_with_an_etag_all_succeed,
+    a_retry_whose_change_would_still_apply_replays_and_writes_nothing,
 );
 
 fn assert_key_reused(status: &Status) {
@@ -703,4 +704,40 @@ async fn concurrent_same_key_deletes_with_an_etag_all_succeed(backend: Backend) 
     }
     assert_eq!(app.todo_count().await, 0);
     assert_eq!(app.key_count().await, 0);
+}
+
+/// A retry without an etag, after another write undid the first call's change: the retry's
+/// plan decides a real change again, but the key is taken, so the change rolls back with the
+/// failed claim and the call replays the first response.
+async fn a_retry_whose_change_would_still_apply_replays_and_writes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let todo = app.create_todo("toggled").await;
+    let complete = |completed: bool| {
+        masked(
+            proto::Todo {
+                id: todo.id.clone(),
+                completed,
+                ..proto::Todo::default()
+            },
+            &["completed"],
+        )
+    };
+    let key = fresh_key();
+    let first = app.update(complete(true), Some(&key)).await.unwrap();
+    assert!(!is_replayed(&first));
+    let undone = app
+        .update(complete(false), None)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(undone.etag, "\"3\"");
+
+    let retry = app.update(complete(true), Some(&key)).await.unwrap();
+    assert!(is_replayed(&retry));
+    assert_eq!(retry.get_ref(), first.get_ref());
+    assert_eq!(
+        app.get(&todo.id).await.unwrap(),
+        undone,
+        "the retry wrote nothing"
+    );
 }
