@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::idempotency::SweepReport;
-use crate::storage::{RetryCounts, Storage};
+use crate::storage::{GroupCommitCounts, RetryCounts, Storage};
 
 /// How an idempotent request (a write carrying, or trying to carry, a key) was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +177,13 @@ impl Metrics {
             .register_collector(Box::new(DbRetries(counts)));
     }
 
+    /// SQLite: `todo_sqlite_group_commits_total` and `todo_sqlite_group_commit_writes_total`,
+    /// read from storage's counters when scraped.
+    pub fn register_group_commit(&mut self, counts: Arc<GroupCommitCounts>) {
+        self.registry
+            .register_collector(Box::new(GroupCommits(counts)));
+    }
+
     pub fn record_rpc(&self, method: &'static str, code: tonic::Code, latency: Duration) {
         self.grpc_requests
             .get_or_create(&GrpcLabels {
@@ -258,6 +265,32 @@ impl Collector for DbRetries {
             let labels = ReasonLabels { reason };
             ConstCounter::new(count.load(Ordering::Relaxed))
                 .encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// SQLite group commit: transactions committed, and the writes they held.
+#[derive(Debug)]
+struct GroupCommits(Arc<GroupCommitCounts>);
+
+impl Collector for GroupCommits {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, count) in [
+            (
+                "todo_sqlite_group_commits",
+                "SQLite write transactions committed by group commit",
+                &self.0.commits,
+            ),
+            (
+                "todo_sqlite_group_commit_writes",
+                "Single-statement writes committed by group commit (writes / commits is the \
+                 mean batch)",
+                &self.0.writes,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(count.load(Ordering::Relaxed)).encode(metric)?;
         }
         Ok(())
     }

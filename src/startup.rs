@@ -198,6 +198,9 @@ impl Application {
         let page_token_key = storage.page_token_key().await?;
         let mut metrics = Metrics::new();
         metrics.register_db_retries(storage.retry_counts());
+        if let Some(counts) = storage.group_commit_counts() {
+            metrics.register_group_commit(counts);
+        }
         let metrics = Arc::new(metrics);
         let retention = CurrentRetention::new(shared_retention(&storage, config).await?.current);
         let idempotency = Idempotency::new(storage.clone(), retention.clone());

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_create_tables;
 mod m20261128_000002_idempotency_keys_created_at_index;
 mod m20261128_000003_todos_owner;
+mod m20261129_000004_sqlite_keyed_todos_inserts;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_create_tables::Migration),
             Box::new(m20261128_000002_idempotency_keys_created_at_index::Migration),
             Box::new(m20261128_000003_todos_owner::Migration),
+            Box::new(m20261129_000004_sqlite_keyed_todos_inserts::Migration),
         ]
     }
 }

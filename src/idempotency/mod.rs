@@ -15,10 +15,10 @@
 //! A [`Write::Insert`] (one new row and nothing else: CreateTodo): on PostgreSQL the lookup,
 //! the claim and the row's insert are ONE statement (one round trip, one implicit
 //! transaction; the row is inserted only if the claim succeeded), for a fresh call and a
-//! replay alike. On SQLite (no data-modifying CTEs) the row is inserted first and the key then
-//! claimed, in one transaction: the insert cannot conflict with a concurrent same-key call's,
-//! so the later call still blocks on the claim, finds the committed key, rolls its own insert
-//! back and replays.
+//! replay alike. On SQLite (no data-modifying CTEs) a lookup comes first (a replay is one
+//! read), then ONE statement, an insert into a view whose trigger claims the key and inserts
+//! the row only if the claim is this call's, then a lookup tells whether it was (the key holds
+//! this call's response) or the call replays another's.
 //!
 //! A [`Write::Planned`] (UpdateTodo, DeleteTodo) reads and decides first, locking nothing,
 //! then makes its change guarded by the revision it read. It does not look the key up first:
@@ -53,7 +53,7 @@ pub use write::{InsertOnly, Plan, Planned, Write};
 
 use crate::domain::{Caller, Timestamp};
 use crate::error::ServiceError;
-use crate::storage::{Applied, Change, During, NewRow, Storage, statement, statement_span};
+use crate::storage::{Applied, Change, During, NewRow, Storage, statement_span};
 use persistence::{ClaimWithChange, ClaimWithInsert, KeyLookup, StoredKey};
 
 /// A write call that carries an idempotency key: its scope (caller, method, key) and what the
@@ -175,10 +175,8 @@ impl Idempotency {
     {
         match (request, write) {
             (None, Write::Insert { row, output }) => {
-                let writer = self.storage.writer();
-                let insert =
-                    writer.execute_raw(row.clone().insert_statement(self.storage.backend()));
-                statement(writer, "insert row", insert).await?;
+                let insert = row.clone().insert_statement(self.storage.backend());
+                self.storage.write_statement("insert row", insert).await?;
                 Ok(Executed::fresh(respond(output), false))
             }
             (None, Write::Planned(plan)) => {
@@ -192,7 +190,7 @@ impl Idempotency {
                     .await
             }
             (Some(request), Write::Insert { row, output }) => {
-                self.insert_in_transaction(request, row, respond(output))
+                self.insert_in_one_sqlite_statement(request, row, respond(output))
                     .await
             }
             (Some(request), Write::Planned(plan)) => {
@@ -231,9 +229,12 @@ impl Idempotency {
         Err(claim_attempts_exhausted(request))
     }
 
-    /// SQLite, an insert with a key: a lookup (a replay is one read), then one write
-    /// transaction that inserts the row and then claims the key with the response.
-    async fn insert_in_transaction<R: Message + Default>(
+    /// SQLite, an insert with a key: a lookup (a replay is one read), then ONE statement that
+    /// claims the key and inserts the row only if the claim is this call's
+    /// (`persistence::claim_with_insert_sqlite`, run in the next group commit), then a lookup
+    /// that tells which: the key holds this call's response, or another call's, which is
+    /// replayed.
+    async fn insert_in_one_sqlite_statement<R: Message + Default>(
         &self,
         request: &IdempotentRequest,
         row: &NewRow,
@@ -249,20 +250,23 @@ impl Idempotency {
         }
         let bytes = response.encode_to_vec();
         for _ in 0..CLAIM_ATTEMPTS {
-            let txn = self.storage.begin_write().await?;
-            let insert = txn.execute_raw(row.clone().insert_statement(txn.get_database_backend()));
-            statement(&txn, "insert row", insert).await?;
-            if persistence::claim(&txn, request, bytes.clone(), now, cutoff).await? {
-                commit(txn).await?;
-                return Ok(Executed::fresh(response, true));
-            }
-            // A live row exists: it was committed before our claim returned (the claim waits
-            // for an uncommitted one), so it is visible to the next statement. The insert
-            // rolls back.
-            let stored = persistence::lookup(&txn, request, cutoff).await?.live();
-            txn.rollback().await.during("roll back")?;
-            if let Some(stored) = stored {
-                return replay(stored, request);
+            let claim = persistence::claim_with_insert_sqlite(
+                request,
+                bytes.clone(),
+                row.clone(),
+                now,
+                cutoff,
+            );
+            self.storage
+                .write_statement("claim idempotency key and insert", claim)
+                .await?;
+            match persistence::lookup(self.storage.reader(), request, cutoff).await? {
+                KeyLookup::Live(stored) if stored.response.as_deref() == Some(bytes.as_slice()) => {
+                    return Ok(Executed::fresh(response, true));
+                }
+                KeyLookup::Live(stored) => return replay(stored, request),
+                // The row another call claimed expired at that very moment: claim again.
+                KeyLookup::Expired | KeyLookup::Absent => {}
             }
         }
         Err(claim_attempts_exhausted(request))
@@ -381,9 +385,8 @@ impl Idempotency {
         }
     }
 
-    /// A planned write without a key: plan, then the change (on PostgreSQL one autocommit
-    /// statement; on SQLite a write transaction, which a call past its deadline drops, and so
-    /// rolls back); again while the change is stale.
+    /// A planned write without a key: plan, then the change on its own (`Storage::apply`);
+    /// again while the change is stale.
     async fn run_planned_unkeyed<P: Plan, R>(
         &self,
         plan: &P,
@@ -392,17 +395,7 @@ impl Idempotency {
         let mut operation = "write";
         for _ in 0..PLAN_ATTEMPTS {
             let planned = plan.plan(self.storage.reader()).await?;
-            let applied = if self.storage.backend() == DbBackend::Postgres {
-                planned.change.apply(self.storage.writer()).await?
-            } else if planned.change.is_nothing() {
-                Applied::Yes
-            } else {
-                let txn = self.storage.begin_write().await?;
-                let applied = planned.change.apply(&txn).await?;
-                commit(txn).await?;
-                applied
-            };
-            if applied == Applied::Yes {
+            if self.storage.apply(&planned.change).await? == Applied::Yes {
                 return Ok(respond(&planned.output));
             }
             operation = planned.change.operation();

@@ -201,6 +201,39 @@ fn claim_with_insert_sql(row: &NewRow) -> String {
     )
 }
 
+/// SQLite only: the claim (with the response) and the work's one row insert as ONE statement,
+/// an insert into the view `keyed_<table>_inserts`, whose trigger claims the key and inserts
+/// the row only if the claim is this call's (migration `m20261129_000004`). The statement
+/// says nothing of which happened: read the key afterwards ([`lookup`]); it holds `response`
+/// if and only if this call claimed it.
+pub fn claim_with_insert_sqlite(
+    request: &IdempotentRequest,
+    response: Vec<u8>,
+    row: NewRow,
+    now: Timestamp,
+    cutoff: Timestamp,
+) -> Statement {
+    let sql = format!(
+        "INSERT INTO \"keyed_{table}_inserts\" \
+         (caller, method, key, fingerprint, response, created_at_us, cutoff_us, {columns}) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, {params})",
+        table = row.table(),
+        columns = row.column_list(),
+        params = row.question_marks(),
+    );
+    let mut values: Vec<Value> = vec![
+        request.caller.as_str().into(),
+        request.method.into(),
+        request.key.as_str().into(),
+        request.fingerprint.as_bytes().to_vec().into(),
+        response.into(),
+        now.unix_micros().into(),
+        cutoff.unix_micros().into(),
+    ];
+    values.extend(row.into_values());
+    Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)
+}
+
 /// What [`claim_with_change`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimWithChange {

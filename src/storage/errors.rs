@@ -4,7 +4,7 @@
 use sea_orm::{DbErr, RuntimeErr, sqlx};
 
 /// A database operation that failed: which one, and why (the driver's error, kept as source).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("database operation `{operation}` failed")]
 pub struct StorageError {
     /// What the service asked of the database, e.g. `find todo`.

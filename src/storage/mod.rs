@@ -4,6 +4,7 @@
 mod change;
 pub mod deadline;
 mod errors;
+mod group_commit;
 mod new_row;
 mod settings;
 mod statement;
@@ -19,12 +20,14 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use tracing::Instrument;
 
 pub use change::{Applied, Change};
 pub use errors::{During, StorageError, Transient};
+use group_commit::GroupCommit;
+pub use group_commit::GroupCommitCounts;
 pub use new_row::NewRow;
 pub use statement::{statement, statement_span};
 pub use todos::{delete_todo, find_todo, list_todos, todo_row, update_todo};
@@ -71,7 +74,8 @@ pub struct RetryCounts {
 /// The database connections. On PostgreSQL readers and writers share one pool. On SQLite all
 /// writes go through a pool of ONE connection and start with `BEGIN IMMEDIATE`, so writers
 /// queue in the pool instead of racing for SQLite's lock (no SQLITE_BUSY reaches a client),
-/// while reads use their own pool and never wait for writers (WAL).
+/// while reads use their own pool and never wait for writers (WAL); single-statement writes
+/// share transactions (group commit).
 #[derive(Debug, Clone)]
 pub struct Storage {
     /// Reads outside transactions (on SQLite its own pool; on PostgreSQL the shared one).
@@ -84,6 +88,8 @@ pub struct Storage {
     pool_size: u32,
     /// Transactions run again so far (shared by clones).
     retries: Arc<RetryCounts>,
+    /// SQLite: the task that runs single-statement writes in shared transactions.
+    group_commit: Option<GroupCommit>,
 }
 
 impl Storage {
@@ -100,6 +106,7 @@ impl Storage {
                 backend: DbBackend::Postgres,
                 pool_size: settings.pool_size.max(1),
                 retries: Arc::default(),
+                group_commit: None,
             })
         }
     }
@@ -116,6 +123,7 @@ impl Storage {
         };
         Ok(Self {
             reader,
+            group_commit: Some(GroupCommit::start(writer.clone())),
             writer,
             backend: DbBackend::Sqlite,
             pool_size: settings.pool_size.max(1),
@@ -171,6 +179,11 @@ impl Storage {
         Arc::clone(&self.retries)
     }
 
+    /// SQLite: what group commit has committed so far (`None` on PostgreSQL).
+    pub fn group_commit_counts(&self) -> Option<Arc<GroupCommitCounts>> {
+        self.group_commit.as_ref().map(GroupCommit::counts)
+    }
+
     /// For reads outside a transaction.
     pub fn reader(&self) -> &DatabaseConnection {
         &self.reader
@@ -179,6 +192,43 @@ impl Storage {
     /// For single writes outside a transaction (on SQLite: the one writer connection).
     pub fn writer(&self) -> &DatabaseConnection {
         &self.writer
+    }
+
+    /// Runs one write statement outside any transaction and returns the rows it changed: on
+    /// PostgreSQL an autocommit statement (`deadline.rs` bounds its lock waits), on SQLite in
+    /// the next group commit (`group_commit.rs`), answered once committed.
+    pub async fn write_statement(
+        &self,
+        operation: &'static str,
+        sql: Statement,
+    ) -> Result<u64, StorageError> {
+        match &self.group_commit {
+            Some(group) => {
+                let span = statement_span(self.backend, operation);
+                group.execute(operation, sql).instrument(span).await
+            }
+            None => {
+                let run = self.writer.execute_raw(sql);
+                Ok(statement(&self.writer, operation, run)
+                    .await?
+                    .rows_affected())
+            }
+        }
+    }
+
+    /// Makes `change` on its own: on PostgreSQL one autocommit statement whose lock waits end
+    /// at the call's deadline, on SQLite in the next group commit.
+    pub async fn apply(&self, change: &Change) -> Result<Applied, StorageError> {
+        match self.backend {
+            DbBackend::Sqlite => match change.statement(DbBackend::Sqlite) {
+                None => Ok(Applied::Yes),
+                Some(sql) => {
+                    let rows = self.write_statement(change.operation(), sql).await?;
+                    Ok(change.outcome(rows))
+                }
+            },
+            _ => change.apply(&self.writer).await,
+        }
     }
 
     /// Connection pool sizes, for metrics: (pool name, open connections, idle connections).

@@ -43,6 +43,11 @@ impl NewRow {
             .join(", ")
     }
 
+    /// SQLite placeholders for the values: `?, ...`.
+    pub fn question_marks(&self) -> String {
+        vec!["?"; self.values.len()].join(", ")
+    }
+
     pub fn into_values(self) -> Vec<Value> {
         self.values
     }
@@ -51,7 +56,7 @@ impl NewRow {
     pub fn insert_statement(self, backend: DbBackend) -> Statement {
         let placeholders = match backend {
             DbBackend::Postgres => self.numbered_placeholders(1),
-            _ => vec!["?"; self.values.len()].join(", "),
+            _ => self.question_marks(),
         };
         let sql = format!(
             "INSERT INTO \"{}\" ({}) VALUES ({placeholders})",

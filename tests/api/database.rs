@@ -231,3 +231,28 @@ async fn postgres_over_the_unix_socket_serves_the_same_data() {
     assert!(over_unix > 0, "the server's connections use the socket");
     assert_eq!(db.count("todos").await, 1);
 }
+
+/// SQLite's single writer: concurrent creates, keyed and not, share write transactions (group
+/// commit) and every one is committed before it is answered: all 64 are there, in fewer
+/// transactions than writes (`todo_sqlite_group_commit*` metrics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_creates_share_transactions() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let creates = (0..64).map(|i| {
+        let app = &app;
+        let key = (i % 2 == 0).then(fresh_key);
+        async move {
+            app.create(new_todo(&format!("grouped {i}")), key.as_deref())
+                .await
+                .expect("created")
+        }
+    });
+    let created = futures::future::join_all(creates).await;
+    assert!(created.iter().all(|response| !is_replayed(response)));
+    assert_eq!(app.todo_count().await, 64);
+    let text = crate::helpers::scrape(&app).await;
+    let commits = crate::helpers::metric_value(&text, "todo_sqlite_group_commits_total");
+    let writes = crate::helpers::metric_value(&text, "todo_sqlite_group_commit_writes_total");
+    assert!(writes >= 64.0, "{writes} writes");
+    assert!(commits < writes, "{commits} commits for {writes} writes");
+}

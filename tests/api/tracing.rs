@@ -300,39 +300,31 @@ async fn writes_make_the_fewest_round_trips(backend: Backend) {
             // DeleteTodo stores no key.
             rpc("DeleteTodo", &["find todo", "delete todo"]),
         ],
-        Backend::Sqlite => {
-            vec![
-                rpc(
-                    "CreateTodo",
-                    &[
-                        "find idempotency key",
-                        "begin",
-                        "insert row",
-                        "claim idempotency key",
-                        "commit",
-                    ],
-                ),
-                rpc(
-                    "UpdateTodo",
-                    &[
-                        "find todo",
-                        "begin",
-                        "claim idempotency key",
-                        "update todo",
-                        "commit",
-                    ],
-                ),
-                rpc("UpdateTodo", &["find todo", "find idempotency key"]),
-                rpc(
-                    "UpdateTodo",
-                    &["find todo", "begin", "update todo", "commit"],
-                ),
-                rpc(
-                    "DeleteTodo",
-                    &["find todo", "begin", "delete todo", "commit"],
-                ),
-            ]
-        }
+        Backend::Sqlite => vec![
+            // A lookup, the claim with the insert (in a shared transaction), and the lookup
+            // that tells whether the claim was this call's.
+            rpc(
+                "CreateTodo",
+                &[
+                    "find idempotency key",
+                    "claim idempotency key and insert",
+                    "find idempotency key",
+                ],
+            ),
+            rpc(
+                "UpdateTodo",
+                &[
+                    "find todo",
+                    "begin",
+                    "claim idempotency key",
+                    "update todo",
+                    "commit",
+                ],
+            ),
+            rpc("UpdateTodo", &["find todo", "find idempotency key"]),
+            rpc("UpdateTodo", &["find todo", "update todo"]),
+            rpc("DeleteTodo", &["find todo", "delete todo"]),
+        ],
     };
     assert_eq!(observed, expected);
 }
