@@ -15,10 +15,10 @@
 //! A [`Write::Insert`] (one new row and nothing else: CreateTodo): on PostgreSQL the lookup,
 //! the claim and the row's insert are ONE statement (one round trip, one implicit
 //! transaction; the row is inserted only if the claim succeeded), for a fresh call and a
-//! replay alike. On SQLite (no data-modifying CTEs) a lookup comes first (a replay is one
-//! read), then ONE statement, an insert into a view whose trigger claims the key and inserts
-//! the row only if the claim is this call's, then a lookup tells whether it was (the key holds
-//! this call's response) or the call replays another's.
+//! replay alike. On SQLite (no data-modifying CTEs) it is ONE statement too, for a fresh call
+//! and a replay alike: an insert into an always empty table whose triggers claim the key and
+//! insert the row only if the claim is this call's, returning what the key holds afterwards
+//! (this call's response, or the one to replay).
 //!
 //! A [`Write::Planned`] (UpdateTodo, DeleteTodo) reads and decides first, locking nothing,
 //! then makes its change guarded by the revision it read. It does not look the key up first:
@@ -229,47 +229,27 @@ impl Idempotency {
         Err(claim_attempts_exhausted(request))
     }
 
-    /// SQLite, an insert with a key: a lookup (a replay is one read), then ONE statement that
-    /// claims the key and inserts the row only if the claim is this call's
-    /// (`persistence::claim_with_insert_sqlite`, run in the next group commit), then a lookup
-    /// that tells which: the key holds this call's response, or another call's, which is
-    /// replayed.
+    /// SQLite, an insert with a key: ONE statement, for a fresh call and a replay alike, run
+    /// in the next group commit: it claims the key and inserts the row only if the claim is
+    /// this call's, and returns what the key holds afterwards: this call's response, or the
+    /// one to replay (`persistence::claim_with_insert_sqlite`).
     async fn insert_in_one_sqlite_statement<R: Message + Default>(
         &self,
         request: &IdempotentRequest,
         row: &NewRow,
         response: R,
     ) -> Result<Executed<R>, ServiceError> {
+        const OPERATION: &str = "claim idempotency key and insert";
         let now = Timestamp::now();
         let cutoff = self.retention.get().cutoff(now);
-        if let Some(stored) = persistence::lookup(self.storage.reader(), request, cutoff)
-            .await?
-            .live()
-        {
-            return replay(stored, request);
-        }
         let bytes = response.encode_to_vec();
-        for _ in 0..CLAIM_ATTEMPTS {
-            let claim = persistence::claim_with_insert_sqlite(
-                request,
-                bytes.clone(),
-                row.clone(),
-                now,
-                cutoff,
-            );
-            self.storage
-                .write_statement("claim idempotency key and insert", claim)
-                .await?;
-            match persistence::lookup(self.storage.reader(), request, cutoff).await? {
-                KeyLookup::Live(stored) if stored.response.as_deref() == Some(bytes.as_slice()) => {
-                    return Ok(Executed::fresh(response, true));
-                }
-                KeyLookup::Live(stored) => return replay(stored, request),
-                // The row another call claimed expired at that very moment: claim again.
-                KeyLookup::Expired | KeyLookup::Absent => {}
-            }
+        let claim =
+            persistence::claim_with_insert_sqlite(request, bytes.clone(), row.clone(), now, cutoff);
+        let returned = self.storage.write_query(OPERATION, claim).await?;
+        match persistence::claimed_or_stored(&returned, &bytes).during(OPERATION)? {
+            None => Ok(Executed::fresh(response, true)),
+            Some(stored) => replay(stored, request),
         }
-        Err(claim_attempts_exhausted(request))
     }
 
     /// A planned write with a key. The key is not looked up first: a fresh call (the common

@@ -202,10 +202,10 @@ fn claim_with_insert_sql(row: &NewRow) -> String {
 }
 
 /// SQLite only: the claim (with the response) and the work's one row insert as ONE statement,
-/// an insert into the view `keyed_<table>_inserts`, whose trigger claims the key and inserts
-/// the row only if the claim is this call's (migration `m20261129_000004`). The statement
-/// says nothing of which happened: read the key afterwards ([`lookup`]); it holds `response`
-/// if and only if this call claimed it.
+/// an insert into the always empty table `keyed_<table>_inserts`, whose triggers claim the key
+/// and insert the row only if the claim is this call's (migration `m20261129_000004`). Its
+/// `RETURNING` clause reads the key's stored fingerprint and response afterwards: see
+/// [`claimed_or_stored`].
 pub fn claim_with_insert_sqlite(
     request: &IdempotentRequest,
     response: Vec<u8>,
@@ -213,13 +213,25 @@ pub fn claim_with_insert_sqlite(
     now: Timestamp,
     cutoff: Timestamp,
 ) -> Statement {
+    let stored = |column: &str| {
+        format!(
+            "(SELECT {column} FROM idempotency_keys \
+             WHERE caller = ?1 AND method = ?2 AND key = ?3) AS {column}"
+        )
+    };
+    let first = 8;
+    let params = (first..first + row.column_count())
+        .map(|n| format!("?{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!(
         "INSERT INTO \"keyed_{table}_inserts\" \
          (caller, method, key, fingerprint, response, created_at_us, cutoff_us, {columns}) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, {params})",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {params}) RETURNING {fingerprint}, {response}",
         table = row.table(),
         columns = row.column_list(),
-        params = row.question_marks(),
+        fingerprint = stored("fingerprint"),
+        response = stored("response"),
     );
     let mut values: Vec<Value> = vec![
         request.caller.as_str().into(),
@@ -232,6 +244,28 @@ pub fn claim_with_insert_sqlite(
     ];
     values.extend(row.into_values());
     Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)
+}
+
+/// What [`claim_with_insert_sqlite`] returned: `None` if the key now holds `response` (this
+/// call claimed it and inserted the row), else the live key another call stored.
+pub fn claimed_or_stored(
+    returned: &[QueryResult],
+    response: &[u8],
+) -> Result<Option<StoredKey>, DbErr> {
+    let row = returned
+        .first()
+        .ok_or_else(|| DbErr::RecordNotFound("the claim statement returned no row".into()))?;
+    let fingerprint: Option<Vec<u8>> = row.try_get("", "fingerprint")?;
+    let stored: Option<Vec<u8>> = row.try_get("", "response")?;
+    if stored.as_deref() == Some(response) {
+        return Ok(None);
+    }
+    Ok(Some(StoredKey {
+        fingerprint: fingerprint
+            .as_deref()
+            .and_then(RequestFingerprint::from_slice),
+        response: stored,
+    }))
 }
 
 /// What [`claim_with_change`] did.

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sea_orm::{DatabaseConnection, Statement};
+use sea_orm::{DatabaseConnection, QueryResult, Statement};
 use tokio::sync::{mpsc, oneshot};
 
 use super::errors::{During, StorageError};
@@ -57,8 +57,52 @@ struct Job {
     statement: Statement,
     /// What it does, to name its errors.
     operation: &'static str,
-    /// Rows it changed, once committed; or why it did not commit.
-    reply: oneshot::Sender<Result<u64, StorageError>>,
+    /// What the caller waits for, once committed; or why it did not commit.
+    reply: Reply,
+}
+
+/// What a job answers.
+#[derive(Debug)]
+enum Reply {
+    /// The rows the statement changed.
+    Changed(oneshot::Sender<Result<u64, StorageError>>),
+    /// The rows the statement returned (`RETURNING`).
+    Returned(oneshot::Sender<Result<Vec<QueryResult>, StorageError>>),
+}
+
+/// What a statement gave, before the commit.
+enum Outcome {
+    Changed(u64),
+    Returned(Vec<QueryResult>),
+}
+
+impl Reply {
+    /// Whether the caller has stopped waiting.
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Changed(sender) => sender.is_closed(),
+            Self::Returned(sender) => sender.is_closed(),
+        }
+    }
+
+    fn fail(self, err: StorageError) {
+        match self {
+            Self::Changed(sender) => drop(sender.send(Err(err))),
+            Self::Returned(sender) => drop(sender.send(Err(err))),
+        }
+    }
+
+    fn succeed(self, outcome: Outcome) {
+        match (self, outcome) {
+            (Self::Changed(sender), Outcome::Changed(rows)) => drop(sender.send(Ok(rows))),
+            (Self::Returned(sender), Outcome::Returned(rows)) => drop(sender.send(Ok(rows))),
+            // `run_statement` answers each kind with its own outcome.
+            (reply, _) => reply.fail(StorageError {
+                operation: "group commit",
+                source: sea_orm::DbErr::Custom("a statement's outcome of another kind".into()),
+            }),
+        }
+    }
 }
 
 impl GroupCommit {
@@ -83,17 +127,43 @@ impl GroupCommit {
         statement: Statement,
     ) -> Result<u64, StorageError> {
         let (reply, answer) = oneshot::channel();
+        self.send(operation, statement, Reply::Changed(reply))
+            .await?;
+        answer.await.map_err(|_| stopped(operation))?
+    }
+
+    /// Runs `statement` (one with `RETURNING`) in the next batch; answers the rows it returned
+    /// once the batch has committed.
+    pub async fn query(
+        &self,
+        operation: &'static str,
+        statement: Statement,
+    ) -> Result<Vec<QueryResult>, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(operation, statement, Reply::Returned(reply))
+            .await?;
+        answer.await.map_err(|_| stopped(operation))?
+    }
+
+    async fn send(
+        &self,
+        operation: &'static str,
+        statement: Statement,
+        reply: Reply,
+    ) -> Result<(), StorageError> {
         let job = Job {
             statement,
             operation,
             reply,
         };
-        let gone = || StorageError {
-            operation,
-            source: sea_orm::DbErr::Custom("the SQLite writer task has stopped".to_owned()),
-        };
-        self.jobs.send(job).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        self.jobs.send(job).await.map_err(|_| stopped(operation))
+    }
+}
+
+fn stopped(operation: &'static str) -> StorageError {
+    StorageError {
+        operation,
+        source: sea_orm::DbErr::Custom("the SQLite writer task has stopped".to_owned()),
     }
 }
 
@@ -151,26 +221,32 @@ async fn run_batch(
         Ok(txn) => txn,
         Err(err) => {
             for job in batch {
-                let _ = job.reply.send(Err(err.clone()));
+                job.reply.fail(err.clone());
             }
             return Vec::new();
         }
     };
-    let mut ran: Vec<(Job, u64)> = Vec::with_capacity(batch.len());
+    let mut ran: Vec<(Job, Outcome)> = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
     while let Some(job) = jobs.next() {
         if job.reply.is_closed() {
             continue;
         }
-        match txn
-            .execute_raw(job.statement.clone())
-            .await
-            .during(job.operation)
-        {
-            Ok(result) => ran.push((job, result.rows_affected())),
+        let outcome = match job.reply {
+            Reply::Changed(_) => txn
+                .execute_raw(job.statement.clone())
+                .await
+                .map(|result| Outcome::Changed(result.rows_affected())),
+            Reply::Returned(_) => txn
+                .query_all_raw(job.statement.clone())
+                .await
+                .map(Outcome::Returned),
+        };
+        match outcome.during(job.operation) {
+            Ok(outcome) => ran.push((job, outcome)),
             Err(err) => {
                 let _ = txn.rollback().await;
-                let _ = job.reply.send(Err(err));
+                job.reply.fail(err);
                 return ran.into_iter().map(|(job, _)| job).chain(jobs).collect();
             }
         }
@@ -183,13 +259,13 @@ async fn run_batch(
         Ok(()) => {
             counts.commits.fetch_add(1, Ordering::Relaxed);
             counts.writes.fetch_add(ran.len() as u64, Ordering::Relaxed);
-            for (job, rows) in ran {
-                let _ = job.reply.send(Ok(rows));
+            for (job, outcome) in ran {
+                job.reply.succeed(outcome);
             }
         }
         Err(err) => {
             for (job, _) in ran {
-                let _ = job.reply.send(Err(err.clone()));
+                job.reply.fail(err.clone());
             }
         }
     }

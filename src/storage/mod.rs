@@ -20,7 +20,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    DbErr, QueryResult, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use tracing::Instrument;
 
@@ -212,6 +212,26 @@ impl Storage {
                 Ok(statement(&self.writer, operation, run)
                     .await?
                     .rows_affected())
+            }
+        }
+    }
+
+    /// Runs one write statement that returns rows (`RETURNING`) outside any transaction: on
+    /// PostgreSQL an autocommit statement, on SQLite in the next group commit, answered once
+    /// committed.
+    pub async fn write_query(
+        &self,
+        operation: &'static str,
+        sql: Statement,
+    ) -> Result<Vec<QueryResult>, StorageError> {
+        match &self.group_commit {
+            Some(group) => {
+                let span = statement_span(self.backend, operation);
+                group.query(operation, sql).instrument(span).await
+            }
+            None => {
+                let run = self.writer.query_all_raw(sql);
+                statement(&self.writer, operation, run).await
             }
         }
     }

@@ -43,6 +43,11 @@ impl NewRow {
             .join(", ")
     }
 
+    /// How many columns (values) the row has.
+    pub fn column_count(&self) -> usize {
+        self.values.len()
+    }
+
     /// SQLite placeholders for the values: `?, ...`.
     pub fn question_marks(&self) -> String {
         vec!["?"; self.values.len()].join(", ")
