@@ -124,10 +124,9 @@ pub struct Idempotency {
     retention: CurrentRetention,
 }
 
-/// How many times a call tries to claim the key, on every path: again when it lost the claim
-/// to a concurrent call whose row then could not be read (it expired at that very moment, or
-/// on PostgreSQL it committed after the claiming statement's snapshot); any more is an
-/// internal error.
+/// How many times a keyed insert on PostgreSQL runs its statement: again when it lost the
+/// claim to a concurrent call whose row the statement could not read (it committed after the
+/// statement's snapshot, or expired at that very moment); any more is an internal error.
 const CLAIM_ATTEMPTS: usize = 3;
 
 /// How many times a planned write reads, decides and tries its change, while concurrent
@@ -142,8 +141,9 @@ impl Idempotency {
     }
 
     /// Runs `write` and answers `respond(&output)`. Without a key: once (an insert: one
-    /// statement; a planned write: its reads, then one statement). With a key: at most once per key; a call whose key
-    /// was already used answers the stored response (see the module docs). An error rolls
+    /// statement; a planned write: its reads, then one statement). With a key: at most once
+    /// per key; a call whose key was already used answers the stored response (see the module
+    /// docs). An error rolls
     /// everything back and frees the key. An attempt that met a connection whose session the
     /// database had ended, or that the database rolled back on a serialization conflict or a
     /// deadlock, committed nothing, and runs again, key claim included
@@ -186,7 +186,7 @@ impl Idempotency {
             (Some(request), Write::Insert { row, output })
                 if self.storage.backend() == DbBackend::Postgres =>
             {
-                self.insert_in_one_statement(request, row, respond(output))
+                self.insert_in_one_postgres_statement(request, row, respond(output))
                     .await
             }
             (Some(request), Write::Insert { row, output }) => {
@@ -201,7 +201,7 @@ impl Idempotency {
 
     /// PostgreSQL, an insert with a key: lookup, claim (with `response`) and insert in one
     /// statement, again while the statement loses to a duplicate committed after it began.
-    async fn insert_in_one_statement<R: Message + Default>(
+    async fn insert_in_one_postgres_statement<R: Message + Default>(
         &self,
         request: &IdempotentRequest,
         row: &NewRow,
@@ -269,8 +269,8 @@ impl Idempotency {
         R: Message + Default,
     {
         let mut operation = "write";
-        // What a lookup found, once a lost claim made one; before that the key is taken to
-        // have no row.
+        // Whether a lookup (made only after a lost claim) found an expired row of the key,
+        // which a transaction takes over; until then the key is taken to have no row.
         let mut expired_row = false;
         for _ in 0..PLAN_ATTEMPTS {
             let now = Timestamp::now();
@@ -338,10 +338,10 @@ impl Idempotency {
         }
     }
 
-    /// A plan that failed (NOT_FOUND, ABORTED, ...) may have read the effect of a concurrent
-    /// duplicate that committed after this call's lookup: its key is committed with that
-    /// effect, so a second lookup finds it and the call replays it. Otherwise the error is the
-    /// answer.
+    /// A plan that failed (NOT_FOUND, ABORTED, ...) may have read the effect of an earlier
+    /// attempt of this very call (a retry) or of a concurrent duplicate: that call's key was
+    /// committed with its effect, so a lookup now finds it and the call replays it. Otherwise
+    /// the error is the answer.
     async fn replay_or<R: Message + Default>(
         &self,
         err: ServiceError,
