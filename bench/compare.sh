@@ -33,24 +33,7 @@ bench_bin=target/release/todo-bench
 } > "$out/setup.txt"
 cat "$out/setup.txt"
 
-server_pid=""
-server_addr=""
-start_server() { # binary, database URL
-  "$1" --listen-addr 127.0.0.1:0 --metrics-enabled false --sweep-enabled false \
-    --database-url "$2" --db-pool-size "$POOL" --log-format json --request-timeout 60s \
-    > "$out/server.log" 2>&1 &
-  server_pid=$!
-  for _ in $(seq 1 100); do
-    server_addr=$(grep -m1 '"serving gRPC"' "$out/server.log" 2>/dev/null | sed -E 's/.*"addr":"([^"]+)".*/\1/' || true)
-    [ -n "$server_addr" ] && return 0
-    sleep 0.1
-  done
-  echo "the server did not start" >&2; cat "$out/server.log" >&2; exit 1
-}
-stop_server() {
-  kill -TERM "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
-}
+. bench/server.sh
 
 for round in $(seq 1 "$ROUNDS"); do
   for backend in $BACKENDS; do
@@ -61,7 +44,7 @@ for round in $(seq 1 "$ROUNDS"); do
         psql -d test -qc "DROP DATABASE IF EXISTS todo_compare" -c "CREATE DATABASE todo_compare" 2>/dev/null
         url="$PG/todo_compare"
       fi
-      start_server "${bins[$which]}" "$url"
+      start_server "${bins[$which]}" "$url" "$out/server.log"
       label="$backend $([ "$which" = 0 ] && echo A || echo B) $round"
       for scenario in $SCENARIOS; do
         "$bench_bin" --target "http://$server_addr" --scenario "$scenario" \

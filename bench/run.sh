@@ -32,24 +32,7 @@ bench_bin=target/release/todo-bench
   echo "{\"key\": \"machine\", \"nproc\": $(nproc), \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"memory_kib\": $(grep MemTotal /proc/meminfo | awk '{print $2}'), \"postgres\": \"$(psql -d test -Atc 'show server_version')\", \"duration\": \"$DURATION\", \"pool\": $POOL}"
 } > "$out/machine.json"
 
-server_pid=""
-server_addr=""
-start_server() { # $1 = database URL
-  "$server_bin" --listen-addr 127.0.0.1:0 --metrics-enabled false --sweep-enabled false \
-    --database-url "$1" --db-pool-size "$POOL" --log-format json --request-timeout 60s \
-    > "$out/server.log" 2>&1 &
-  server_pid=$!
-  for _ in $(seq 1 100); do
-    server_addr=$(grep -m1 '"serving gRPC"' "$out/server.log" 2>/dev/null | sed -E 's/.*"addr":"([^"]+)".*/\1/' || true)
-    [ -n "$server_addr" ] && return 0
-    sleep 0.1
-  done
-  echo "the server did not start" >&2; cat "$out/server.log" >&2; exit 1
-}
-stop_server() {
-  kill -TERM "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
-}
+. bench/server.sh
 peak_rss_kib() { grep VmHWM "/proc/$server_pid/status" | awk '{print $2}'; }
 fresh_pg_db() { # $1 = name
   psql -d test -qc "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" 2>/dev/null
@@ -77,7 +60,7 @@ for backend in sqlite postgres; do
   else
     fresh_pg_db todo_bench; url="$PG/todo_bench"
   fi
-  start_server "$url"
+  start_server "$server_bin" "$url" "$out/server.log"
   for scenario in $SCENARIOS; do
     for c in $LEVELS; do bench "$backend" "$scenario" "$c"; done
   done
@@ -103,14 +86,14 @@ pgbench_floor() { # $1 = libpq sslmode, $2 = tls true/false
 pgbench_floor prefer true
 
 # The same comparison without TLS on either side (loopback: TLS protects nothing there).
-start_server "$PG/todo_bench?sslmode=disable"
+start_server "$server_bin" "$PG/todo_bench?sslmode=disable" "$out/server.log"
 for c in $LEVELS; do bench "postgres-no-tls" create-keyed "$c"; done
 stop_server
 pgbench_floor disable false
 
 # Scale: keyed create and replay at 32 in flight, almost empty key table vs SCALE_ROWS rows.
 fresh_pg_db todo_bench_scale
-start_server "$PG/todo_bench_scale"
+start_server "$server_bin" "$PG/todo_bench_scale" "$out/server.log"
 for scenario in create-keyed replay; do bench "pg-empty" "$scenario" 32; done
 stop_server
 now_us=$(( $(date +%s) * 1000000 ))
@@ -120,7 +103,7 @@ psql -d todo_bench_scale -qc "INSERT INTO idempotency_keys (caller, method, key,
          decode('0a2430316132', 'hex'), $now_us - g
   FROM generate_series(1, $SCALE_ROWS) AS g" -c "VACUUM ANALYZE idempotency_keys"
 rows=$(psql -d todo_bench_scale -Atc "SELECT count(*) FROM idempotency_keys")
-start_server "$PG/todo_bench_scale"
+start_server "$server_bin" "$PG/todo_bench_scale" "$out/server.log"
 for scenario in create-keyed replay; do bench "pg-${rows}-keys" "$scenario" 32; done
 stop_server
 
