@@ -55,13 +55,6 @@ pub enum ServiceError {
     #[error("database unavailable")]
     Unavailable(#[source] StorageError),
 
-    /// UNAVAILABLE: concurrent writes to the same rows kept changing them between this call's
-    /// read and its write (the named operation), more times than a call tries
-    /// (`PLAN_ATTEMPTS`). Nothing was written; safe to retry with the same idempotency key.
-    /// Logged (warning).
-    #[error("{0}: the rows it writes kept changing under concurrent writes")]
-    Contended(&'static str),
-
     /// INTERNAL: a database error that is not about availability (a bug, or stored data that
     /// breaks an invariant). Logged with the operation and its cause; the client sees an opaque
     /// message.
@@ -108,7 +101,7 @@ impl ServiceError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
-            Self::Unavailable(_) | Self::Contended(_) => Code::Unavailable,
+            Self::Unavailable(_) => Code::Unavailable,
             Self::Database(_) | Self::Internal { .. } => Code::Internal,
         }
     }
@@ -204,14 +197,6 @@ impl From<ServiceError> for Status {
                 Status::new(
                     code,
                     "the database is unavailable; retry with the same idempotency-key",
-                )
-            }
-            ServiceError::Contended(operation) => {
-                tracing::warn!(operation, error = %Chain(&err), "write contended");
-                Status::new(
-                    code,
-                    "concurrent writes kept changing the same todo; retry with the same \
-                     idempotency-key",
                 )
             }
             ServiceError::Database(ref source) => {

@@ -9,14 +9,14 @@
 //! `impl Plan` for it (read through `storage`, return a `storage::Change` guarded by the
 //! revision it read, and the output), and a function returning `Write::Planned(...)`.
 
-use sea_orm::DatabaseConnection;
+use sea_orm::ConnectionTrait;
 
 use crate::domain::{
     Caller, ListQuery, NewTodo, PageToken, PageTokenKey, Timestamp, Todo, TodoId, TodoPatch,
 };
 use crate::error::ServiceError;
 use crate::idempotency::{InsertOnly, Plan, Planned, Write};
-use crate::storage::{self, Change, Storage};
+use crate::storage::{self, Change, RowLock, Storage};
 
 /// UpdateTodo, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,9 +63,13 @@ pub struct Update {
 impl Plan for Update {
     type Output = Todo;
 
-    async fn plan(&self, db: &DatabaseConnection) -> Result<Planned<Todo>, ServiceError> {
+    async fn plan<C: ConnectionTrait + Sync>(
+        &self,
+        db: &C,
+        lock: RowLock,
+    ) -> Result<Planned<Todo>, ServiceError> {
         let Self { caller, update } = self;
-        let current = storage::find_todo(db, caller, update.id)
+        let current = storage::find_todo_to_write(db, caller, update.id, lock)
             .await?
             .ok_or(ServiceError::NotFound(update.id))?;
         if !current.etag_matches(&update.etag) {
@@ -101,12 +105,16 @@ pub struct Delete {
 impl Plan for Delete {
     type Output = ();
 
-    async fn plan(&self, db: &DatabaseConnection) -> Result<Planned<()>, ServiceError> {
+    async fn plan<C: ConnectionTrait + Sync>(
+        &self,
+        db: &C,
+        lock: RowLock,
+    ) -> Result<Planned<()>, ServiceError> {
         let Self { caller, delete } = self;
         let change = if delete.etag.is_empty() {
             storage::delete_todo(caller, delete.id, None)
         } else {
-            match storage::find_todo(db, caller, delete.id).await? {
+            match storage::find_todo_to_write(db, caller, delete.id, lock).await? {
                 None => Change::nothing(),
                 Some(current) if !current.etag_matches(&delete.etag) => {
                     return Err(ServiceError::EtagMismatch(delete.id));

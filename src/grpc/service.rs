@@ -92,8 +92,8 @@ impl TodoApi {
 
     /// Runs one RPC, for at most `--request-timeout` or the client's deadline (`grpc-timeout`),
     /// whichever is shorter (then DEADLINE_EXCEEDED; dropping the call rolls its transaction
-    /// back, and a statement that commits on its own ends its lock waits at the deadline:
-    /// `storage::deadline`), inside a span that records method, request id, outcome (fresh / replayed /
+    /// back; a statement that commits on its own ends its lock waits at the deadline, and the
+    /// call is answered once it has: `storage::deadline`), inside a span that records method, request id, outcome (fresh / replayed /
     /// mismatch / error), status code and latency; counts it in the metrics; and turns its
     /// result into a gRPC response.
     async fn observe<R>(
@@ -144,8 +144,7 @@ impl TodoApi {
         async move {
             let started = Instant::now();
             let deadline = tokio::time::Instant::from_std(arrived) + time_limit;
-            let call = storage::deadline::within(deadline, call);
-            let result = tokio::time::timeout_at(deadline, call)
+            let result = storage::deadline::run_within(deadline, call)
                 .await
                 .unwrap_or(Err(ServiceError::DeadlineExceeded));
             let latency = started.elapsed();

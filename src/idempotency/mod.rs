@@ -24,13 +24,14 @@
 //! then makes its change guarded by the revision it read. It does not look the key up first:
 //! on PostgreSQL the change and the claim are ONE statement (the claim is a plain INSERT whose
 //! primary key conflict, with a row of the key already there or committed concurrently, rolls
-//! the change back; then the key is looked up and replayed); on SQLite, and to take over an
-//! expired row, one transaction. A replay is thus the plan's read, the failed claim and the
-//! lookup; a fresh call, the read and one statement. A stale change (a concurrent write got
-//! there first) writes nothing and the call reads and decides again. A concurrent duplicate
-//! either waits on the row or the key and then replays, or reads the first call's effect: if
-//! that makes its plan fail (an etag that moved, a todo gone), it looks the key up again and
-//! replays the response committed with that effect.
+//! the change back; then the key is looked up and replayed). If the change was stale (a
+//! concurrent write got there first), the call runs again in one write transaction that reads
+//! with `FOR UPDATE`, claims the key and changes: writers of a hot row queue on its lock, as
+//! they would with locking alone, instead of retrying. On SQLite, whose writes are serialized
+//! anyway, a keyed planned write always takes that transaction. A concurrent duplicate either
+//! waits on the row or the key and then replays, or reads the first call's effect: if that
+//! makes its plan fail (an etag that moved, a todo gone), it looks the key up and replays the
+//! response committed with that effect.
 
 mod fingerprint;
 mod key;
@@ -53,8 +54,8 @@ pub use write::{InsertOnly, Plan, Planned, Write};
 
 use crate::domain::{Caller, Timestamp};
 use crate::error::ServiceError;
-use crate::storage::{Applied, Change, During, NewRow, Storage, statement_span};
-use persistence::{ClaimWithChange, ClaimWithInsert, KeyLookup, StoredKey};
+use crate::storage::{Applied, During, NewRow, RowLock, Storage, statement_span};
+use persistence::{ClaimWithChange, ClaimWithInsert, StoredKey};
 
 /// A write call that carries an idempotency key: its scope (caller, method, key) and what the
 /// request was.
@@ -124,16 +125,10 @@ pub struct Idempotency {
     retention: CurrentRetention,
 }
 
-/// How many times a keyed insert on PostgreSQL runs its statement: again when it lost the
-/// claim to a concurrent call whose row the statement could not read (it committed after the
-/// statement's snapshot, or expired at that very moment); any more is an internal error.
+/// How many times a keyed write tries to claim its key: again when it lost the claim to a
+/// concurrent call whose row it then could not read (on PostgreSQL it committed after the
+/// statement's snapshot; or it expired at that very moment); any more is an internal error.
 const CLAIM_ATTEMPTS: usize = 3;
-
-/// How many times a planned write reads, decides and tries its change, while concurrent
-/// writes to the same rows make the change stale (or win its key) each time. Each stale
-/// attempt means another write committed, so only a row written by more than this many
-/// calls at once exhausts it; then the call is UNAVAILABLE ([`ServiceError::Contended`]).
-const PLAN_ATTEMPTS: usize = 64;
 
 impl Idempotency {
     pub fn new(storage: Storage, retention: CurrentRetention) -> Self {
@@ -252,12 +247,12 @@ impl Idempotency {
         }
     }
 
-    /// A planned write with a key. The key is not looked up first: a fresh call (the common
-    /// case) is the plan's reads and then ONE statement on PostgreSQL that makes the change and
-    /// claims the key (a write transaction on SQLite). Only when the claim is lost (a live or
-    /// expired row of the key exists) or the plan fails is the key looked up: a live row is
-    /// replayed, an expired one taken over in a write transaction. A stale change writes
-    /// nothing and the call plans again.
+    /// A planned write with a key. First optimistically, on PostgreSQL: the plan's reads
+    /// without locks, then ONE statement that makes the change and claims the key; the key is
+    /// not looked up first, only when that claim is lost (a live row is replayed). If the change
+    /// was stale (a concurrent write got there first), or the key has an expired row to take
+    /// over, or on SQLite: one write transaction that reads with locks, claims and changes
+    /// ([`Self::run_planned_locked`]).
     async fn run_planned_keyed<P, R>(
         &self,
         request: &IdempotentRequest,
@@ -268,74 +263,97 @@ impl Idempotency {
         P: Plan,
         R: Message + Default,
     {
-        let mut operation = "write";
-        // Whether a lookup (made only after a lost claim) found an expired row of the key,
-        // which a transaction takes over; until then the key is taken to have no row.
-        let mut expired_row = false;
-        for _ in 0..PLAN_ATTEMPTS {
-            let now = Timestamp::now();
-            let cutoff = self.retention.get().cutoff(now);
-            let planned = match plan.plan(self.storage.reader()).await {
+        let now = Timestamp::now();
+        let cutoff = self.retention.get().cutoff(now);
+        if self.storage.backend() == DbBackend::Postgres {
+            let planned = match plan.plan(self.storage.reader(), RowLock::None).await {
                 Ok(planned) => planned,
                 Err(err) => return self.replay_or(err, request, cutoff).await,
             };
             let response = respond(&planned.output);
-            let bytes = response.encode_to_vec();
-            let claim = if !expired_row && self.storage.backend() == DbBackend::Postgres {
-                let claim = persistence::claim_with_change(
-                    self.storage.writer(),
-                    request,
-                    bytes,
-                    &planned.change,
-                    now,
-                );
-                claim.await?
-            } else {
-                self.claim_with_change_in_transaction(request, bytes, &planned.change, now, cutoff)
-                    .await?
-            };
-            match claim {
+            let claim = persistence::claim_with_change(
+                self.storage.writer(),
+                request,
+                response.encode_to_vec(),
+                &planned.change,
+                now,
+            );
+            match claim.await? {
                 ClaimWithChange::Claimed => return Ok(Executed::fresh(response, true)),
                 ClaimWithChange::Stale => {}
-                // The key has a row, committed before the claim returned: read it.
+                // The key has a row, committed before the claim returned.
                 ClaimWithChange::Lost => {
-                    match persistence::lookup(self.storage.reader(), request, cutoff).await? {
-                        KeyLookup::Live(stored) => return replay(stored, request),
-                        KeyLookup::Expired => expired_row = true,
-                        KeyLookup::Absent => expired_row = false,
+                    if let Some(stored) =
+                        persistence::lookup(self.storage.reader(), request, cutoff)
+                            .await?
+                            .live()
+                    {
+                        return replay(stored, request);
                     }
                 }
             }
-            operation = planned.change.operation();
         }
-        Err(ServiceError::Contended(operation))
+        self.run_planned_locked(Some(request), plan, respond, now, cutoff)
+            .await
     }
 
-    /// The change and the claim of the key in one write transaction (SQLite; on PostgreSQL
-    /// when an expired row of the key must be taken over).
-    async fn claim_with_change_in_transaction(
+    /// A planned write in one write transaction whose reads lock what they read (PostgreSQL
+    /// `FOR UPDATE`; on SQLite the transaction excludes other writers), so its change cannot
+    /// be stale: concurrent writers of one row queue instead of retrying. With a key, the key is
+    /// claimed (with the response) before the change, in the same transaction; a key already
+    /// live is replayed.
+    async fn run_planned_locked<P, R>(
         &self,
-        request: &IdempotentRequest,
-        response: Vec<u8>,
-        change: &Change,
+        request: Option<&IdempotentRequest>,
+        plan: &P,
+        respond: &(impl Fn(&P::Output) -> R + Send + Sync),
         now: Timestamp,
         cutoff: Timestamp,
-    ) -> Result<ClaimWithChange, ServiceError> {
-        let txn = self.storage.begin_write().await?;
-        if !persistence::claim(&txn, request, response, now, cutoff).await? {
-            txn.rollback().await.during("roll back")?;
-            return Ok(ClaimWithChange::Lost);
-        }
-        match change.apply(&txn).await? {
-            Applied::Yes => {
-                commit(txn).await?;
-                Ok(ClaimWithChange::Claimed)
+    ) -> Result<Executed<R>, ServiceError>
+    where
+        P: Plan,
+        R: Message + Default,
+    {
+        for _ in 0..CLAIM_ATTEMPTS {
+            let txn = self.storage.begin_write().await?;
+            let planned = match plan.plan(&txn, RowLock::ForUpdate).await {
+                Ok(planned) => planned,
+                Err(err) => {
+                    txn.rollback().await.during("roll back")?;
+                    return match request {
+                        Some(request) => self.replay_or(err, request, cutoff).await,
+                        None => Err(err),
+                    };
+                }
+            };
+            let response = respond(&planned.output);
+            if let Some(request) = request {
+                let bytes = response.encode_to_vec();
+                if !persistence::claim(&txn, request, bytes, now, cutoff).await? {
+                    // A live row, committed before the claim returned: visible now.
+                    let stored = persistence::lookup(&txn, request, cutoff).await?.live();
+                    txn.rollback().await.during("roll back")?;
+                    match stored {
+                        Some(stored) => return replay(stored, request),
+                        None => continue,
+                    }
+                }
             }
-            Applied::Stale => {
-                txn.rollback().await.during("roll back")?;
-                Ok(ClaimWithChange::Stale)
-            }
+            return match planned.change.apply(&txn).await? {
+                Applied::Yes => {
+                    commit(txn).await?;
+                    Ok(Executed::fresh(response, request.is_some()))
+                }
+                Applied::Stale => Err(ServiceError::internal(format!(
+                    "`{}` found its rows changed although it had locked them",
+                    planned.change.operation()
+                ))),
+            };
         }
+        let Some(request) = request else {
+            return Err(ServiceError::internal("a write without a key lost a claim"));
+        };
+        Err(claim_attempts_exhausted(request))
     }
 
     /// A plan that failed (NOT_FOUND, ABORTED, ...) may have read the effect of an earlier
@@ -365,22 +383,22 @@ impl Idempotency {
         }
     }
 
-    /// A planned write without a key: plan, then the change on its own (`Storage::apply`);
-    /// again while the change is stale.
-    async fn run_planned_unkeyed<P: Plan, R>(
+    /// A planned write without a key: the plan's reads without locks, then the change on its
+    /// own (`Storage::apply`: one statement); if that was stale (a concurrent write got there
+    /// first), again in a write transaction that locks what it reads.
+    async fn run_planned_unkeyed<P: Plan, R: Message + Default>(
         &self,
         plan: &P,
         respond: &(impl Fn(&P::Output) -> R + Send + Sync),
     ) -> Result<R, ServiceError> {
-        let mut operation = "write";
-        for _ in 0..PLAN_ATTEMPTS {
-            let planned = plan.plan(self.storage.reader()).await?;
-            if self.storage.apply(&planned.change).await? == Applied::Yes {
-                return Ok(respond(&planned.output));
-            }
-            operation = planned.change.operation();
+        let planned = plan.plan(self.storage.reader(), RowLock::None).await?;
+        if self.storage.apply(&planned.change).await? == Applied::Yes {
+            return Ok(respond(&planned.output));
         }
-        Err(ServiceError::Contended(operation))
+        let now = Timestamp::now();
+        let cutoff = self.retention.get().cutoff(now);
+        let locked = self.run_planned_locked(None, plan, respond, now, cutoff);
+        Ok(locked.await?.response)
     }
 }
 

@@ -329,7 +329,7 @@ pub async fn claim_with_change<C: ConnectionTrait>(
             .ok_or_else(|| DbErr::RecordNotFound("the claim statement returned no row".into()))?;
         row.try_get::<i64>("", "changed")
     };
-    match statement(db, OPERATION, run).await {
+    match deadline::shielded(statement(db, OPERATION, run)).await {
         Ok(changed) => Ok(
             match u64::try_from(changed).map(|rows| change.outcome(rows)) {
                 Ok(Applied::Yes) => ClaimWithChange::Claimed,

@@ -8,17 +8,18 @@
 //! - [`Write::Planned`]: a write that depends on stored rows (UpdateTodo, DeleteTodo). Its
 //!   [`Plan::plan`] reads them and decides the [`Change`] to make and the output, without
 //!   locking anything. The change is conditional on what was read (the row's revision): if a
-//!   concurrent write got there first, nothing is written and the plan runs again on what is
-//!   stored then.
+//!   concurrent write got there first, nothing is written and the plan runs again, this time
+//!   in a write transaction that locks what it reads, so a hot row queues its writers instead
+//!   of making them retry.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::marker::PhantomData;
 
-use sea_orm::DatabaseConnection;
+use sea_orm::ConnectionTrait;
 
 use crate::error::ServiceError;
-use crate::storage::{Change, NewRow};
+use crate::storage::{Change, NewRow, RowLock};
 
 /// A decided write: the change to make and what the call answers once it is made.
 #[derive(Debug)]
@@ -37,11 +38,14 @@ pub trait Plan: Send + Sync {
     /// What the write produces.
     type Output: Send + Sync;
 
-    /// Reads what the write depends on (through `db`, outside any transaction) and decides.
-    /// An error (NOT_FOUND, ABORTED on an etag mismatch, ...) writes nothing.
-    fn plan(
+    /// Reads what the write depends on through `db`, with `lock` (first outside any
+    /// transaction without locks; after a stale attempt, inside the write transaction with
+    /// `RowLock::ForUpdate`), and decides. An error (NOT_FOUND, ABORTED on an etag mismatch,
+    /// ...) writes nothing.
+    fn plan<C: ConnectionTrait + Sync>(
         &self,
-        db: &DatabaseConnection,
+        db: &C,
+        lock: RowLock,
     ) -> impl Future<Output = Result<Planned<Self::Output>, ServiceError>> + Send;
 }
 
@@ -69,7 +73,11 @@ pub struct InsertOnly<T>(Infallible, PhantomData<fn() -> T>);
 impl<T: Send + Sync> Plan for InsertOnly<T> {
     type Output = T;
 
-    async fn plan(&self, _db: &DatabaseConnection) -> Result<Planned<T>, ServiceError> {
+    async fn plan<C: ConnectionTrait + Sync>(
+        &self,
+        _db: &C,
+        _lock: RowLock,
+    ) -> Result<Planned<T>, ServiceError> {
         match self.0 {}
     }
 }

@@ -136,7 +136,8 @@ impl Change {
         let Some(sql) = sql else {
             return Ok(Applied::Yes);
         };
-        let result = statement(db, self.operation, db.execute_raw(sql)).await?;
+        let run = statement(db, self.operation, db.execute_raw(sql));
+        let result = deadline::shielded(run).await?;
         Ok(self.outcome(result.rows_affected()))
     }
 

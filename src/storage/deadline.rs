@@ -1,35 +1,97 @@
-//! The deadline of the call a statement runs for, carried into PostgreSQL statements that
-//! commit on their own.
+//! The deadline of a call, and the PostgreSQL writes that commit on their own.
 //!
 //! A call past its deadline is dropped, and with it any transaction it had open: that rolls
 //! back. A write that is ONE autocommit statement has no transaction to drop: once sent, the
 //! database runs it to the end, even after the call was answered DEADLINE_EXCEEDED, and if it
 //! was waiting for a lock (a row or a key another transaction holds) it would commit whenever
-//! that lock is released. So such a statement first sets `lock_timeout` for its own implicit
-//! transaction (`set_config(..., true)`) to the time the call has left: a wait that outlasts
-//! the call fails with SQLSTATE 55P03 and the statement rolls back, as the transaction would.
+//! that lock is released. So:
+//! - such a statement first sets `lock_timeout` for its own implicit transaction
+//!   (`set_config(..., true)`) to the time the call has left: a lock wait that outlasts the
+//!   call fails with SQLSTATE 55P03 and the statement rolls back, as the transaction would;
+//! - and it runs [`shielded`]: a call whose deadline passes while such a statement is in
+//!   flight is not answered until the statement has ended (soon: its lock waits end at the
+//!   deadline). Answering at once would let a lock holder that sees the answer release its
+//!   lock before the statement's timeout fires, and the write commit after its call was told
+//!   DEADLINE_EXCEEDED.
 //!
-//! The transport layer scopes each call with [`within`]; storage reads it with
+//! The transport layer runs each call through [`run_within`]; storage reads the deadline with
 //! [`lock_timeout`]. Outside a call (tools, tests of storage alone) statements run unchanged.
 
 use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 tokio::task_local! {
-    /// When the current call ends.
-    static CALL_DEADLINE: Instant;
+    /// The current call.
+    static CALL: Call;
 }
 
-/// Runs `call` with `deadline` as the deadline of its statements.
-pub async fn within<F: Future>(deadline: Instant, call: F) -> F::Output {
-    CALL_DEADLINE.scope(deadline, call).await
+/// A call's deadline and its write statements in flight.
+#[derive(Clone)]
+struct Call {
+    /// When the call ends.
+    deadline: Instant,
+    /// Shielded statements in flight, and a signal each time one ends.
+    shielded: Arc<(AtomicUsize, Notify)>,
+}
+
+/// The call's deadline passed (`call` was dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+/// Runs `call` until `deadline`; past it, drops it (rolling back any transaction it has open)
+/// and answers [`Elapsed`], but only once no [`shielded`] statement of it is in flight.
+pub async fn run_within<F: Future>(deadline: Instant, call: F) -> Result<F::Output, Elapsed> {
+    let shielded: Arc<(AtomicUsize, Notify)> = Arc::default();
+    let context = Call {
+        deadline,
+        shielded: Arc::clone(&shielded),
+    };
+    let mut call = pin!(CALL.scope(context, call));
+    tokio::select! {
+        output = &mut call => return Ok(output),
+        () = tokio::time::sleep_until(deadline) => {}
+    }
+    let (in_flight, ended) = &*shielded;
+    loop {
+        let mut one_ended = pin!(ended.notified());
+        one_ended.as_mut().enable();
+        if in_flight.load(Ordering::Acquire) == 0 {
+            return Err(Elapsed);
+        }
+        tokio::select! {
+            output = &mut call => return Ok(output),
+            () = one_ended => {}
+        }
+    }
+}
+
+/// Runs `statement`, a write that commits on its own, so that the call is not answered past
+/// its deadline while it is in flight (see the module docs).
+pub async fn shielded<F: Future>(statement: F) -> F::Output {
+    let Ok(shielded) = CALL.try_with(|call| Arc::clone(&call.shielded)) else {
+        return statement.await;
+    };
+    struct InFlight(Arc<(AtomicUsize, Notify)>);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.0.fetch_sub(1, Ordering::AcqRel);
+            self.0.1.notify_waiters();
+        }
+    }
+    shielded.0.fetch_add(1, Ordering::AcqRel);
+    let _in_flight = InFlight(shielded);
+    statement.await
 }
 
 /// The time the current call has left, as a PostgreSQL `lock_timeout` value (`"250ms"`, at
 /// least 1 ms: 0 would mean no timeout at all); `None` outside a call.
 pub fn lock_timeout() -> Option<String> {
-    let deadline = CALL_DEADLINE.try_with(|deadline| *deadline).ok()?;
+    let deadline = CALL.try_with(|call| call.deadline).ok()?;
     let left = deadline.saturating_duration_since(Instant::now());
     Some(format!("{}ms", left.as_millis().max(1)))
 }
@@ -53,14 +115,48 @@ mod tests {
     async fn a_call_has_the_time_it_has_left() {
         assert_eq!(lock_timeout(), None, "outside a call");
         let in_a_second = Instant::now() + Duration::from_secs(1);
-        let left = within(in_a_second, async { lock_timeout() }).await;
+        let left = run_within(in_a_second, async { lock_timeout() }).await;
         let millis: u64 = left
+            .ok()
+            .flatten()
             .as_deref()
             .and_then(|text| text.strip_suffix("ms"))
             .and_then(|number| number.parse().ok())
             .expect("a value in ms");
         assert!((900..=1000).contains(&millis), "{millis}");
-        let past = within(Instant::now(), async { lock_timeout() }).await;
-        assert_eq!(past.as_deref(), Some("1ms"), "never 0, which is no timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_its_deadline_is_dropped() {
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let slow = run_within(deadline, tokio::time::sleep(Duration::from_secs(5))).await;
+        assert_eq!(slow, Err(Elapsed));
+        assert_eq!(Instant::now(), deadline, "answered at the deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shielded_statement_in_flight_is_waited_for() {
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(100);
+        let call = async {
+            shielded(tokio::time::sleep(Duration::from_millis(300))).await;
+            // Past the statement, the call is dropped at once.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "finished"
+        };
+        assert_eq!(run_within(deadline, call).await, Err(Elapsed));
+        assert_eq!(
+            Instant::now() - start,
+            Duration::from_millis(300),
+            "answered when the statement ended, not before"
+        );
+
+        let call = async { shielded(tokio::time::sleep(Duration::from_millis(300))).await };
+        let deadline = Instant::now() + Duration::from_millis(100);
+        assert_eq!(
+            run_within(deadline, call).await,
+            Ok(()),
+            "a call that ends with its statement answers its own result"
+        );
     }
 }

@@ -30,7 +30,9 @@ use group_commit::GroupCommit;
 pub use group_commit::GroupCommitCounts;
 pub use new_row::NewRow;
 pub use statement::{statement, statement_span};
-pub use todos::{delete_todo, find_todo, list_todos, todo_row, update_todo};
+pub use todos::{
+    RowLock, delete_todo, find_todo, find_todo_to_write, list_todos, todo_row, update_todo,
+};
 
 use crate::domain::PageTokenKey;
 

@@ -73,6 +73,36 @@ pub async fn find_todo<C: ConnectionTrait>(
     .await
 }
 
+/// Whether a read locks the rows it reads until its transaction ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowLock {
+    /// A plain read (optimistic: the change that follows is guarded by what was read).
+    None,
+    /// `SELECT ... FOR UPDATE` on PostgreSQL, inside a write transaction (on SQLite the write
+    /// transaction already excludes other writers): no concurrent write can make the change
+    /// that follows stale.
+    ForUpdate,
+}
+
+/// Reads a todo a write is about to change, with `lock`.
+pub async fn find_todo_to_write<C: ConnectionTrait>(
+    db: &C,
+    owner: &Caller,
+    id: TodoId,
+    lock: RowLock,
+) -> Result<Option<Todo>, StorageError> {
+    let mut find = Entity::find_by_id(id.as_uuid()).filter(Column::Owner.eq(owner.as_str()));
+    if lock == RowLock::ForUpdate {
+        find = find.lock_exclusive();
+    }
+    let find = find.one(db);
+    statement(db, "find todo", async {
+        find.await
+            .and_then(|model| model.map(to_domain).transpose())
+    })
+    .await
+}
+
 /// The change that writes every mutable field of `next` over the stored todo, if the stored
 /// revision is still `read_revision` (the one `next` was computed from).
 pub fn update_todo(owner: &Caller, next: &Todo, read_revision: i64) -> Change {

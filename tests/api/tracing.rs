@@ -303,17 +303,21 @@ async fn writes_make_the_fewest_round_trips(backend: Backend) {
         Backend::Sqlite => vec![
             // One statement, run in a shared transaction (group commit).
             rpc("CreateTodo", &["claim idempotency key and insert"]),
+            // With a key, one write transaction that reads, claims and changes.
             rpc(
                 "UpdateTodo",
                 &[
-                    "find todo",
                     "begin",
+                    "find todo",
                     "claim idempotency key",
                     "update todo",
                     "commit",
                 ],
             ),
-            rpc("UpdateTodo", &["find todo", "find idempotency key"]),
+            rpc(
+                "UpdateTodo",
+                &["begin", "find todo", "find idempotency key"],
+            ),
             rpc("UpdateTodo", &["find todo", "update todo"]),
             rpc("DeleteTodo", &["find todo", "delete todo"]),
         ],
