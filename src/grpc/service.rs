@@ -93,9 +93,9 @@ impl TodoApi {
     /// Runs one RPC, for at most `--request-timeout` or the client's deadline (`grpc-timeout`),
     /// whichever is shorter (then DEADLINE_EXCEEDED; dropping the call rolls its transaction
     /// back; a statement that commits on its own ends its lock waits at the deadline, and the
-    /// call is answered once it has: `storage::deadline`), inside a span that records method, request id, outcome (fresh / replayed /
-    /// mismatch / error), status code and latency; counts it in the metrics; and turns its
-    /// result into a gRPC response.
+    /// call is answered once it has: `storage::deadline`), inside a span that records method,
+    /// request id, outcome (fresh / replayed / mismatch / error), status code and latency;
+    /// counts it in the metrics; and turns its result into a gRPC response.
     async fn observe<R>(
         &self,
         rpc: Rpc,

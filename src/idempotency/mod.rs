@@ -138,11 +138,10 @@ impl Idempotency {
     /// Runs `write` and answers `respond(&output)`. Without a key: once (an insert: one
     /// statement; a planned write: its reads, then one statement). With a key: at most once
     /// per key; a call whose key was already used answers the stored response (see the module
-    /// docs). An error rolls
-    /// everything back and frees the key. An attempt that met a connection whose session the
-    /// database had ended, or that the database rolled back on a serialization conflict or a
-    /// deadlock, committed nothing, and runs again, key claim included
-    /// (`Storage::retry_transient`).
+    /// docs). An error rolls everything back and frees the key. An attempt that met a
+    /// connection whose session the database had ended, or that the database rolled back on a
+    /// serialization conflict or a deadlock, committed nothing, and runs again, key claim
+    /// included (`Storage::retry_transient`).
     pub async fn execute<P, R>(
         &self,
         request: Option<&IdempotentRequest>,
@@ -284,9 +283,7 @@ impl Idempotency {
                 // The key has a row, committed before the claim returned.
                 ClaimWithChange::Lost => {
                     if let Some(stored) =
-                        persistence::lookup(self.storage.reader(), request, cutoff)
-                            .await?
-                            .live()
+                        persistence::find_live(self.storage.reader(), request, cutoff).await?
                     {
                         return replay(stored, request);
                     }
@@ -331,7 +328,7 @@ impl Idempotency {
                 let bytes = response.encode_to_vec();
                 if !persistence::claim(&txn, request, bytes, now, cutoff).await? {
                     // A live row, committed before the claim returned: visible now.
-                    let stored = persistence::lookup(&txn, request, cutoff).await?.live();
+                    let stored = persistence::find_live(&txn, request, cutoff).await?;
                     txn.rollback().await.during("roll back")?;
                     match stored {
                         Some(stored) => return replay(stored, request),
@@ -374,10 +371,7 @@ impl Idempotency {
         ) {
             return Err(err);
         }
-        match persistence::lookup(self.storage.reader(), request, cutoff)
-            .await?
-            .live()
-        {
+        match persistence::find_live(self.storage.reader(), request, cutoff).await? {
             Some(stored) => replay(stored, request),
             None => Err(err),
         }

@@ -38,56 +38,35 @@ pub struct StoredKey {
     pub response: Option<Vec<u8>>,
 }
 
-/// What is stored for a key.
-pub enum KeyLookup {
-    /// No row: the key was never used, or its row was swept away.
-    Absent,
-    /// A row created before the cutoff: it counts as absent, but a claim must take it over.
-    Expired,
-    /// A committed row created at or after the cutoff.
-    Live(StoredKey),
-}
-
-impl KeyLookup {
-    pub fn live(self) -> Option<StoredKey> {
-        match self {
-            Self::Live(stored) => Some(stored),
-            Self::Absent | Self::Expired => None,
-        }
-    }
-}
-
-/// The key's committed row: live if it was created at or after `cutoff` (older rows count as
-/// absent, even before the sweeper deletes them).
-pub async fn lookup<C: ConnectionTrait>(
+/// The key's row if it was created at or after `cutoff` (older rows count as absent, even
+/// before the sweeper deletes them).
+pub async fn find_live<C: ConnectionTrait>(
     db: &C,
     request: &IdempotentRequest,
     cutoff: Timestamp,
-) -> Result<KeyLookup, StorageError> {
+) -> Result<Option<StoredKey>, StorageError> {
     let row = Entity::find_by_id((
         request.caller.as_str().to_owned(),
         request.method.to_owned(),
         request.key.as_str().to_owned(),
     ))
     .select_only()
-    .columns([Column::Fingerprint, Column::Response, Column::CreatedAtUs])
+    .columns([Column::Fingerprint, Column::Response])
+    .filter(Column::CreatedAtUs.gte(cutoff.unix_micros()))
     .into_tuple()
     .one(db);
-    let row: Option<(Vec<u8>, Option<Vec<u8>>, i64)> =
+    let row: Option<(Vec<u8>, Option<Vec<u8>>)> =
         statement(db, "find idempotency key", row).await?;
-    Ok(match row {
-        None => KeyLookup::Absent,
-        Some((_, _, created_at_us)) if created_at_us < cutoff.unix_micros() => KeyLookup::Expired,
-        Some((fingerprint, response, _)) => KeyLookup::Live(StoredKey {
-            fingerprint: RequestFingerprint::from_slice(&fingerprint),
-            response,
-        }),
-    })
+    Ok(row.map(|(fingerprint, response)| StoredKey {
+        fingerprint: RequestFingerprint::from_slice(&fingerprint),
+        response,
+    }))
 }
 
 /// Tries to make this call the owner of the key: inserts its row, with the call's response,
-/// or takes over a row that has expired. Returns false when a live row exists. On PostgreSQL, if another transaction holds an uncommitted claim on the same key,
-/// this waits for it to commit or roll back.
+/// or takes over a row that has expired. Returns false when a live row exists. On
+/// PostgreSQL, if another transaction holds an uncommitted claim on the same key, this waits
+/// for it to commit or roll back.
 pub async fn claim(
     txn: &DatabaseTransaction,
     request: &IdempotentRequest,
@@ -216,20 +195,16 @@ pub fn claim_with_insert_sqlite(
     let stored = |column: &str| {
         format!(
             "(SELECT {column} FROM idempotency_keys \
-             WHERE caller = ?1 AND method = ?2 AND key = ?3) AS {column}"
+             WHERE caller = $1 AND method = $2 AND key = $3) AS {column}"
         )
     };
-    let first = 8;
-    let params = (first..first + row.column_count())
-        .map(|n| format!("?{n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     let sql = format!(
         "INSERT INTO \"keyed_{table}_inserts\" \
          (caller, method, key, fingerprint, response, created_at_us, cutoff_us, {columns}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {params}) RETURNING {fingerprint}, {response}",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, {params}) RETURNING {fingerprint}, {response}",
         table = row.table(),
         columns = row.column_list(),
+        params = row.numbered_placeholders(8),
         fingerprint = stored("fingerprint"),
         response = stored("response"),
     );

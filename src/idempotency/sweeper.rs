@@ -1,6 +1,6 @@
 //! Deletes idempotency keys past their retention, in bounded batches with a pause between
 //! them, so a sweep never holds a long lock or starves RPCs. Expired rows already behave as
-//! absent (see `lookup` and `claim`); sweeping only reclaims space. The caller schedules
+//! absent (see `find_live` and `claim`); sweeping only reclaims space. The caller schedules
 //! sweeps and records their reports (see `startup`).
 
 use std::time::Duration;

@@ -1,14 +1,14 @@
-//! A change to stored rows that a write decided on from what it read, outside any transaction:
-//! one UPDATE or DELETE, made conditional on what was read (the row's revision), or nothing at
-//! all. The idempotency layer applies it alone, or in one statement (PostgreSQL) or one
-//! transaction (SQLite) with the claim of the call's key.
+//! A change to stored rows that a write decided on from what it read: one UPDATE or DELETE,
+//! made conditional on what was read (the row's revision), or nothing at all. The idempotency
+//! layer applies it alone, or in one statement (PostgreSQL) or one transaction with the claim
+//! of the call's key.
 //!
-//! This is optimistic concurrency: nothing is locked between the read and the write. A
-//! conditional change that finds its row changed or gone changes nothing and reports
-//! [`Applied::Stale`]; the write reads again and decides again.
+//! First optimistically: nothing is locked between the read and the write. A conditional
+//! change that finds its row changed or gone changes nothing and reports [`Applied::Stale`];
+//! the write then reads again with the row locked (`RowLock::ForUpdate`) and decides again.
 
 use sea_orm::sea_query::{DeleteStatement, Expr, UpdateStatement, Values};
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement};
 
 use super::deadline;
 use super::errors::StorageError;
@@ -72,11 +72,6 @@ impl Change {
         }
     }
 
-    /// Whether the change writes nothing.
-    pub fn is_nothing(&self) -> bool {
-        self.statement.is_none()
-    }
-
     /// Whether it is applied only if it changes exactly one row.
     pub fn is_guarded(&self) -> bool {
         self.must_change_one_row
@@ -116,12 +111,23 @@ impl Change {
         self.operation
     }
 
-    /// Makes the change on `db` (on its own it is one autocommit statement; inside a
-    /// transaction, part of it). On PostgreSQL, during a call, the statement's lock waits end
-    /// at the call's deadline (see `deadline.rs`).
-    pub async fn apply<C: ConnectionTrait>(&self, db: &C) -> Result<Applied, StorageError> {
+    /// Makes the change inside `txn` (which a call past its deadline drops, rolling it back).
+    pub async fn apply(&self, txn: &DatabaseTransaction) -> Result<Applied, StorageError> {
+        let Some(sql) = self.statement(txn.get_database_backend()) else {
+            return Ok(Applied::Yes);
+        };
+        let result = statement(txn, self.operation, txn.execute_raw(sql)).await?;
+        Ok(self.outcome(result.rows_affected()))
+    }
+
+    /// PostgreSQL: makes the change on its own, one autocommit statement. During a call its
+    /// lock waits end at the call's deadline and the call waits for it (`deadline.rs`).
+    pub(super) async fn apply_alone(
+        &self,
+        db: &DatabaseConnection,
+    ) -> Result<Applied, StorageError> {
         let backend = db.get_database_backend();
-        let sql = match deadline::lock_timeout().filter(|_| backend == DbBackend::Postgres) {
+        let sql = match deadline::lock_timeout() {
             Some(timeout) => self
                 .statement_where(backend, Some(deadline::EVALUATED_FIRST))
                 .map(|mut sql| {
@@ -184,7 +190,6 @@ mod tests {
     #[test]
     fn nothing_has_no_statement() {
         let change = Change::nothing();
-        assert!(change.is_nothing());
         assert!(change.statement(DbBackend::Postgres).is_none());
         assert_eq!(change.outcome(0), Applied::Yes);
     }

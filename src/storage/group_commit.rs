@@ -201,7 +201,7 @@ async fn run_batch(
     batch: Vec<Job>,
     counts: &GroupCommitCounts,
 ) -> Vec<Job> {
-    use sea_orm::{ConnectionTrait, SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait};
     let batch: Vec<Job> = batch
         .into_iter()
         .filter(|job| !job.reply.is_closed())
@@ -209,12 +209,8 @@ async fn run_batch(
     if batch.is_empty() {
         return batch;
     }
-    let options = TransactionOptions {
-        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        ..TransactionOptions::default()
-    };
     let txn = match writer
-        .begin_with_options(options)
+        .begin_with_options(super::write_transaction(DbBackend::Sqlite))
         .await
         .during("begin write transaction")
     {

@@ -249,7 +249,7 @@ impl Storage {
                     Ok(change.outcome(rows))
                 }
             },
-            _ => change.apply(&self.writer).await,
+            _ => change.apply_alone(&self.writer).await,
         }
     }
 
@@ -280,12 +280,9 @@ impl Storage {
 
     /// Starts a write transaction (on SQLite, `BEGIN IMMEDIATE` on the single writer).
     pub async fn begin_write(&self) -> Result<DatabaseTransaction, StorageError> {
-        let options = TransactionOptions {
-            sqlite_transaction_mode: (self.backend == DbBackend::Sqlite)
-                .then_some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        };
-        let begin = self.writer.begin_with_options(options);
+        let begin = self
+            .writer
+            .begin_with_options(write_transaction(self.backend));
         begin
             .instrument(statement_span(self.backend, "begin"))
             .await
@@ -346,6 +343,16 @@ impl Storage {
     pub async fn close(self) {
         let _ = self.reader.close().await;
         let _ = self.writer.close().await;
+    }
+}
+
+/// How a write transaction starts: on SQLite `BEGIN IMMEDIATE`, taking the write lock at once
+/// (a deferred transaction that later wants it could fail with SQLITE_BUSY).
+fn write_transaction(backend: DbBackend) -> TransactionOptions {
+    TransactionOptions {
+        sqlite_transaction_mode: (backend == DbBackend::Sqlite)
+            .then_some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
     }
 }
 

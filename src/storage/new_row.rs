@@ -35,22 +35,13 @@ impl NewRow {
             .join(", ")
     }
 
-    /// PostgreSQL placeholders for the values, numbered from `first`: `$first, ...`.
+    /// Numbered placeholders for the values, from `first`: `$first, ...` (PostgreSQL; SQLite
+    /// takes `$N` as the N-th parameter too).
     pub fn numbered_placeholders(&self, first: usize) -> String {
         (first..first + self.values.len())
             .map(|n| format!("${n}"))
             .collect::<Vec<_>>()
             .join(", ")
-    }
-
-    /// How many columns (values) the row has.
-    pub fn column_count(&self) -> usize {
-        self.values.len()
-    }
-
-    /// SQLite placeholders for the values: `?, ...`.
-    pub fn question_marks(&self) -> String {
-        vec!["?"; self.values.len()].join(", ")
     }
 
     pub fn into_values(self) -> Vec<Value> {
@@ -61,7 +52,7 @@ impl NewRow {
     pub fn insert_statement(self, backend: DbBackend) -> Statement {
         let placeholders = match backend {
             DbBackend::Postgres => self.numbered_placeholders(1),
-            _ => self.question_marks(),
+            _ => vec!["?"; self.values.len()].join(", "),
         };
         let sql = format!(
             "INSERT INTO \"{}\" ({}) VALUES ({placeholders})",

@@ -63,14 +63,7 @@ pub async fn find_todo<C: ConnectionTrait>(
     owner: &Caller,
     id: TodoId,
 ) -> Result<Option<Todo>, StorageError> {
-    let find = Entity::find_by_id(id.as_uuid())
-        .filter(Column::Owner.eq(owner.as_str()))
-        .one(db);
-    statement(db, "find todo", async {
-        find.await
-            .and_then(|model| model.map(to_domain).transpose())
-    })
-    .await
+    find_todo_to_write(db, owner, id, RowLock::None).await
 }
 
 /// Whether a read locks the rows it reads until its transaction ends.
