@@ -1,4 +1,0 @@
-pub use sea_orm::{
-    DatabaseExecutor as SchemaManagerConnection,
-    IntoDatabaseExecutor as IntoSchemaManagerConnection,
-};
