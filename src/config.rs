@@ -5,10 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::idempotency::{Retention, SweepSettings};
 use crate::storage::{DatabaseSettings, Isolation};
+use crate::telemetry::LogFormat;
 
 /// The command line: an optional subcommand (default `serve`) and the configuration.
 #[derive(Debug, Clone, Parser)]
@@ -42,12 +44,20 @@ fn parse_retention(text: &str) -> Result<Retention, String> {
     Retention::new(duration)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
+/// `--log-format`: `text` or `json`, onto telemetry's type.
+fn log_format() -> impl TypedValueParser<Value = LogFormat> {
+    PossibleValuesParser::new(["text", "json"]).map(|name| match name.as_str() {
+        "json" => LogFormat::Json,
+        _ => LogFormat::Text,
+    })
+}
+
+/// `--db-isolation`: `read-committed` or `serializable`, onto storage's type.
+fn isolation() -> impl TypedValueParser<Value = Isolation> {
+    PossibleValuesParser::new(["read-committed", "serializable"]).map(|name| match name.as_str() {
+        "serializable" => Isolation::Serializable,
+        _ => Isolation::ReadCommitted,
+    })
 }
 
 #[derive(Debug, Clone, Args)]
@@ -103,7 +113,7 @@ pub struct Config {
     #[arg(
         long,
         env = "TODO_DB_ISOLATION",
-        value_enum,
+        value_parser = isolation(),
         default_value = "read-committed",
         global = true
     )]
@@ -153,7 +163,7 @@ pub struct Config {
     pub metrics_listen_addr: SocketAddr,
 
     /// Log format: `text` or `json` (one object per line). `RUST_LOG` sets the filter.
-    #[arg(long, env = "TODO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, env = "TODO_LOG_FORMAT", value_parser = log_format(), default_value = "text", global = true)]
     pub log_format: LogFormat,
 
     /// File of callers and the SHA-256 of their bearer tokens (`<caller-id> <sha256-hex>` per

@@ -3,13 +3,11 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::error::Chain;
-use crate::grpc::TodoApi;
-use crate::proto::todo_service_server::TodoServiceServer;
+use crate::proto::todo_service_server::SERVICE_NAME;
 use crate::storage::Storage;
 use crate::ticker::Ticker;
 
@@ -21,7 +19,7 @@ pub async fn report_health(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let name = <TodoServiceServer<TodoApi> as NamedService>::NAME;
+    let name = SERVICE_NAME;
     let mut last = None;
     let mut ticker = Ticker::new(interval);
     while ticker.tick_unless_stopped(&mut stop).await {

@@ -39,6 +39,28 @@ impl IdempotentOutcome {
     }
 }
 
+/// Why a call, or a connection, was refused before any handler ran
+/// (`todo_rejected_requests_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Request metadata over `--max-metadata-bytes`.
+    MetadataTooLarge,
+    /// No valid credential while callers are configured.
+    Unauthenticated,
+    /// A connection beyond `--max-connections`.
+    TooManyConnections,
+}
+
+impl Rejection {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::MetadataTooLarge => "metadata_too_large",
+            Self::Unauthenticated => "unauthenticated",
+            Self::TooManyConnections => "too_many_connections",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IdempotentLabels {
     method: &'static str,
@@ -206,9 +228,11 @@ impl Metrics {
     }
 
     /// A call the request guard refused before any handler ran.
-    pub fn record_rejected(&self, reason: &'static str) {
+    pub fn record_rejected(&self, rejection: Rejection) {
         self.rejected_requests
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&ReasonLabels {
+                reason: rejection.as_str(),
+            })
             .inc();
     }
 
@@ -358,7 +382,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.record_idempotent("CreateTodo", IdempotentOutcome::Replayed);
         metrics.record_rpc("CreateTodo", tonic::Code::Ok, Duration::from_millis(3));
-        metrics.record_rejected("unauthenticated");
+        metrics.record_rejected(Rejection::Unauthenticated);
         metrics.record_sweep(
             SweepReport {
                 rows_deleted: 7,

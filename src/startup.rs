@@ -15,8 +15,8 @@ use crate::auth::{CallerTokens, TokensFileError};
 use crate::config::Config;
 use crate::error::Chain;
 use crate::grpc::TodoApi;
+use crate::grpc::call::CallLayer;
 use crate::grpc::connections::LimitedIncoming;
-use crate::grpc::edge::EdgeLayer;
 use crate::grpc::guard::RequestGuard;
 use crate::grpc::limits::limit_request_bodies;
 use crate::health::report_health;
@@ -61,12 +61,18 @@ pub enum StartupError {
     },
 }
 
-/// How calls are guarded and bounded.
-struct Limits {
+/// Who may call, over what.
+struct Access {
     /// The callers and their token hashes (`--tokens-file`; empty: anonymous).
     tokens: Arc<CallerTokens>,
     /// Serve over TLS (and require client certificates) when set.
     tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+/// How much one call, one connection and the whole server may take.
+struct Limits {
+    /// Longest a call may run (`--request-timeout`).
+    request_timeout: Duration,
     /// Largest request message (`--max-request-bytes`).
     max_request_bytes: usize,
     /// Largest request metadata (`--max-metadata-bytes`).
@@ -124,7 +130,9 @@ pub struct Application {
     metrics: Arc<Metrics>,
     /// The TodoService handlers.
     api: TodoApi,
-    /// How calls are guarded and bounded.
+    /// Who may call, over what.
+    access: Access,
+    /// How calls are bounded.
     limits: Limits,
     /// How often the health service checks the database (and the shared retention is read
     /// again).
@@ -185,9 +193,12 @@ impl Application {
         {
             return Err(StartupError::AnonymousNonLoopback(config.listen_addr));
         }
-        let limits = Limits {
+        let access = Access {
             tokens: Arc::new(tokens),
             tls: tls_config(config)?,
+        };
+        let limits = Limits {
+            request_timeout: config.request_timeout,
             max_request_bytes: config.max_request_bytes,
             max_metadata_bytes: config.max_metadata_bytes,
             max_concurrent_streams: config.max_concurrent_calls_per_connection.max(1),
@@ -204,13 +215,7 @@ impl Application {
         let metrics = Arc::new(metrics);
         let retention = CurrentRetention::new(shared_retention(&storage, config).await?.current);
         let idempotency = Idempotency::new(storage.clone(), retention.clone());
-        let api = TodoApi::new(
-            storage.clone(),
-            idempotency,
-            page_token_key,
-            Arc::clone(&metrics),
-            config.request_timeout,
-        );
+        let api = TodoApi::new(storage.clone(), idempotency, page_token_key);
         let (listener, local_addr) = bind(config.listen_addr).await?;
         let metrics_listener = if config.metrics_enabled {
             Some(bind(config.metrics_listen_addr).await?)
@@ -224,6 +229,7 @@ impl Application {
             storage,
             metrics,
             api,
+            access,
             limits,
             health_check_interval: config.health_check_interval,
             retention,
@@ -287,19 +293,19 @@ impl Application {
         tracing::info!(
             addr = %self.local_addr,
             backend = ?self.storage.backend(),
-            tls = self.limits.tls.is_some(),
-            authenticated_callers = !self.limits.tokens.is_empty(),
+            tls = self.access.tls.is_some(),
+            authenticated_callers = !self.access.tokens.is_empty(),
             "serving gRPC"
         );
         let limits = self.limits;
         let mut builder = Server::builder();
-        if let Some(tls) = limits.tls {
+        if let Some(tls) = self.access.tls {
             builder = builder.tls_config(tls)?;
         }
         let todo_service = tonic::service::interceptor::InterceptedService::new(
             TodoServiceServer::new(self.api).max_decoding_message_size(limits.max_request_bytes),
             RequestGuard::new(
-                limits.tokens,
+                self.access.tokens,
                 limits.max_metadata_bytes,
                 Arc::clone(&self.metrics),
             ),
@@ -310,7 +316,10 @@ impl Application {
         let served = builder
             .max_concurrent_streams(limits.max_concurrent_streams)
             .http2_max_header_list_size(header_list_limit)
-            .layer(EdgeLayer::new(Arc::clone(&self.metrics)))
+            .layer(CallLayer::new(
+                Arc::clone(&self.metrics),
+                limits.request_timeout,
+            ))
             .layer(tower::util::MapRequestLayer::new(limit_request_bodies(
                 limits.max_request_bytes,
                 limits.receive_timeout,

@@ -12,7 +12,8 @@
 use sea_orm::ConnectionTrait;
 
 use crate::domain::{
-    Caller, ListQuery, NewTodo, PageToken, PageTokenKey, Timestamp, Todo, TodoId, TodoPatch,
+    Caller, ListQuery, NewTodo, PageToken, PageTokenKey, Timestamp, Todo, TodoId, TodoIds,
+    TodoPatch,
 };
 use crate::error::ServiceError;
 use crate::idempotency::{InsertOnly, Plan, Planned, Write};
@@ -33,6 +34,13 @@ pub struct DeleteTodo {
     pub id: TodoId,
     /// Empty: unconditional. Otherwise it must equal the etag of the todo, if it exists.
     pub etag: String,
+}
+
+/// CompleteTodos, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompleteTodos {
+    /// The todos to mark completed, in the order the response lists them.
+    pub ids: TodoIds,
 }
 
 /// One ListTodos page.
@@ -123,6 +131,57 @@ impl Plan for Delete {
             }
         };
         Ok(Planned { change, output: () })
+    }
+}
+
+/// CompleteTodos: marks the caller's todos with these ids completed, all of them or (an id
+/// that is not the caller's todo: NOT_FOUND naming it) none; one already completed stays as it
+/// is. Answers the todos after the change, in request order.
+pub fn complete(caller: Caller, complete: CompleteTodos) -> Write<Complete> {
+    Write::Planned(Complete { caller, complete })
+}
+
+/// The plan of [`complete`].
+pub struct Complete {
+    caller: Caller,
+    complete: CompleteTodos,
+}
+
+impl Plan for Complete {
+    type Output = Vec<Todo>;
+
+    async fn plan<C: ConnectionTrait + Sync>(
+        &self,
+        db: &C,
+        lock: RowLock,
+    ) -> Result<Planned<Vec<Todo>>, ServiceError> {
+        let Self { caller, complete } = self;
+        let ids = complete.ids.as_slice();
+        let found = storage::find_todos_to_write(db, caller, ids, lock).await?;
+        let now = Timestamp::now();
+        let completion = TodoPatch {
+            completed: Some(true),
+            ..TodoPatch::default()
+        };
+        let mut output = Vec::with_capacity(ids.len());
+        let mut changed = Vec::new();
+        for id in ids {
+            let current = found
+                .iter()
+                .find(|todo| todo.id == *id)
+                .ok_or(ServiceError::NotFound(*id))?;
+            match current.apply(completion.clone(), now) {
+                None => output.push(current.clone()),
+                Some(next) => {
+                    output.push(next.clone());
+                    changed.push((next, current.revision));
+                }
+            }
+        }
+        Ok(Planned {
+            change: storage::complete_todos(caller, &changed),
+            output,
+        })
     }
 }
 

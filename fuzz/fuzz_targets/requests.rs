@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use todo_service::domain::{Caller, PageTokenKey};
 use todo_service::grpc::convert;
-use todo_service::grpc::edge::invalid_request;
+use todo_service::grpc::call::invalid_request;
 use todo_service::proto;
 
 /// Decodes `bytes` as `M`; a decode error must be one the edge layer turns into

@@ -9,6 +9,7 @@ mod text;
 mod time;
 mod todo;
 mod todo_id;
+mod todo_ids;
 mod update_mask;
 
 pub use caller::Caller;
@@ -19,4 +20,5 @@ pub use text::{TodoDescription, TodoTitle};
 pub use time::Timestamp;
 pub use todo::{NewTodo, Todo, TodoPatch};
 pub use todo_id::TodoId;
+pub use todo_ids::TodoIds;
 pub use update_mask::UpdateMask;

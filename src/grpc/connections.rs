@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Rejection};
 
 /// The accepted connections of a listener, at most `max_connections` open at once.
 pub struct LimitedIncoming {
@@ -51,7 +51,7 @@ impl Stream for LimitedIncoming {
             };
             let Ok(permit) = Arc::clone(&this.permits).try_acquire_owned() else {
                 tracing::warn!(%peer, "connection refused: --max-connections reached");
-                this.metrics.record_rejected("too_many_connections");
+                this.metrics.record_rejected(Rejection::TooManyConnections);
                 drop(stream);
                 continue;
             };

@@ -6,11 +6,11 @@ use prost_types::Timestamp as ProtoTimestamp;
 
 use crate::domain::{
     Caller, FieldViolation, ListFilter, ListQuery, NewTodo, PageSize, PageTokenKey, Timestamp,
-    Todo, TodoDescription, TodoId, TodoPatch, TodoTitle, UpdateMask,
+    Todo, TodoDescription, TodoId, TodoIds, TodoPatch, TodoTitle, UpdateMask,
 };
 use crate::error::ServiceError;
 use crate::proto;
-use crate::todos::{DeleteTodo, UpdateTodo};
+use crate::todos::{CompleteTodos, DeleteTodo, UpdateTodo};
 
 /// Collects field violations while a request is parsed.
 #[derive(Default)]
@@ -94,6 +94,13 @@ pub fn delete_todo(request: &proto::DeleteTodoRequest) -> Result<DeleteTodo, Ser
     })
 }
 
+pub fn complete_todos(
+    request: &proto::CompleteTodosRequest,
+) -> Result<CompleteTodos, ServiceError> {
+    let ids = TodoIds::parse("ids", &request.ids).map_err(ServiceError::InvalidArgument)?;
+    Ok(CompleteTodos { ids })
+}
+
 pub fn list_query(
     request: &proto::ListTodosRequest,
     key: &PageTokenKey,
@@ -136,6 +143,12 @@ pub fn todo(todo: &Todo) -> proto::Todo {
         create_time: Some(timestamp(todo.create_time)),
         update_time: Some(timestamp(todo.update_time)),
         etag: todo.etag(),
+    }
+}
+
+pub fn completed_todos(todos: &[Todo]) -> proto::CompleteTodosResponse {
+    proto::CompleteTodosResponse {
+        todos: todos.iter().map(todo).collect(),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::auth::{AuthError, CallerTokens};
 use crate::domain::Caller;
 use crate::error::ServiceError;
 use crate::grpc::metadata::IDEMPOTENCY_KEY;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Rejection};
 
 /// The TodoService interceptor.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ fn check_metadata_size(metadata: &MetadataMap, limit: usize) -> Result<(), Servi
 impl Interceptor for RequestGuard {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Err(err) = check_metadata_size(request.metadata(), self.max_metadata_bytes) {
-            self.metrics.record_rejected("metadata_too_large");
+            self.metrics.record_rejected(Rejection::MetadataTooLarge);
             return Err(err.into());
         }
         let mut authorizations = request.metadata().get_all("authorization").iter();
@@ -94,8 +94,9 @@ impl Interceptor for RequestGuard {
                 AuthError::Unknown => "unknown token",
                 AuthError::Several => "`authorization` must be sent once; the request has several",
             };
-            tracing::info!(reason = why, "unauthenticated call refused");
-            self.metrics.record_rejected("unauthenticated");
+            // The call's `rpc finished` line (`grpc/call.rs`) carries the reason.
+            tracing::Span::current().record("reason", why);
+            self.metrics.record_rejected(Rejection::Unauthenticated);
             Status::from(ServiceError::Unauthenticated(why))
         })?;
         let idempotency_keys = request

@@ -28,25 +28,26 @@ pub trait RequestIdField: prost::Message + Clone {
     }
 }
 
-impl RequestIdField for proto::CreateTodoRequest {
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
+/// `impl RequestIdField` for request messages with an AIP-155 `request_id` field.
+macro_rules! with_request_id {
+    ($($message:ty),+ $(,)?) => {$(
+        impl RequestIdField for $message {
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
 
-    fn without_request_id(&self) -> Cow<'_, Self> {
-        without(self, &self.request_id, |message| message.request_id.clear())
-    }
+            fn without_request_id(&self) -> Cow<'_, Self> {
+                without(self, &self.request_id, |message| message.request_id.clear())
+            }
+        }
+    )+};
 }
 
-impl RequestIdField for proto::UpdateTodoRequest {
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    fn without_request_id(&self) -> Cow<'_, Self> {
-        without(self, &self.request_id, |message| message.request_id.clear())
-    }
-}
+with_request_id!(
+    proto::CreateTodoRequest,
+    proto::UpdateTodoRequest,
+    proto::CompleteTodosRequest,
+);
 
 impl RequestIdField for proto::DeleteTodoRequest {}
 
@@ -67,11 +68,11 @@ fn without<'a, M: Clone>(
 /// The request's key: from the metadata entries `from_metadata`, from `message.request_id`, or
 /// from both when they agree. Each is validated alike (1 to 255 visible ASCII characters);
 /// two different keys are INVALID_ARGUMENT naming both.
-pub fn idempotency_key(
+pub fn request_key(
     from_metadata: &[tonic::metadata::AsciiMetadataValue],
     message: &impl RequestIdField,
 ) -> Result<Option<IdempotencyKey>, ServiceError> {
-    let in_metadata = metadata::idempotency_key(from_metadata)?;
+    let in_metadata = metadata::key_in_headers(from_metadata)?;
     let in_message = match message.request_id() {
         "" => None,
         text => Some(
@@ -115,7 +116,7 @@ mod tests {
     #[test]
     fn the_key_comes_from_either_place_or_both_when_equal() {
         let key = |h: &[tonic::metadata::AsciiMetadataValue], id: &str| {
-            idempotency_key(h, &create(id))
+            request_key(h, &create(id))
                 .expect("valid")
                 .map(|key| key.as_str().to_owned())
         };
@@ -128,7 +129,7 @@ mod tests {
     #[test]
     fn two_different_keys_name_both_places() {
         let Err(ServiceError::InvalidArgument(violations)) =
-            idempotency_key(&header("a"), &create("b"))
+            request_key(&header("a"), &create("b"))
         else {
             panic!("two keys must be refused");
         };
@@ -139,7 +140,7 @@ mod tests {
     #[test]
     fn a_request_id_is_validated_like_the_metadata_key() {
         for bad in ["has space", "é", &"x".repeat(256)] {
-            let Err(ServiceError::InvalidArgument(violations)) = idempotency_key(&[], &create(bad))
+            let Err(ServiceError::InvalidArgument(violations)) = request_key(&[], &create(bad))
             else {
                 panic!("{bad:?} must be refused");
             };

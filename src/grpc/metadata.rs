@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use http::HeaderMap;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap, MetadataValue};
 
 use crate::error::ServiceError;
@@ -15,7 +16,7 @@ pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 /// The request's idempotency key, from the `idempotency-key` entries of its headers, if it has
 /// one. Several keys, or one that is not 1 to 255 visible ASCII characters, are
 /// INVALID_ARGUMENT.
-pub fn idempotency_key(
+pub fn key_in_headers(
     entries: &[AsciiMetadataValue],
 ) -> Result<Option<IdempotencyKey>, ServiceError> {
     let mut values = entries.iter();
@@ -40,12 +41,7 @@ pub fn idempotency_key(
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// The caller's `x-request-id` if it is short visible ASCII, else a new UUIDv7.
-pub fn request_id(metadata: &MetadataMap) -> String {
-    request_id_from_headers(metadata.as_ref())
-}
-
-/// [`request_id`], from the HTTP/2 request headers.
-pub fn request_id_from_headers(headers: &http::HeaderMap) -> String {
+pub fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(REQUEST_ID)
         .and_then(|value| value.to_str().ok())
@@ -55,8 +51,8 @@ pub fn request_id_from_headers(headers: &http::HeaderMap) -> String {
 
 /// The client's deadline for the call, from `grpc-timeout` (`<1 to 8 digits><H|M|S|m|u|n>`),
 /// if it sent a valid one.
-pub fn client_deadline(metadata: &MetadataMap) -> Option<Duration> {
-    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+pub fn client_deadline(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = text.split_at_checked(text.len().checked_sub(1)?)?;
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -88,39 +84,39 @@ mod tests {
 
     #[test]
     fn absent_key_is_none() {
-        assert_eq!(idempotency_key(&[]).unwrap(), None);
+        assert_eq!(key_in_headers(&[]).unwrap(), None);
     }
 
     #[test]
     fn one_valid_key_is_parsed() {
-        let key = idempotency_key(&entries(&["abc-123"])).unwrap().unwrap();
+        let key = key_in_headers(&entries(&["abc-123"])).unwrap().unwrap();
         assert_eq!(key.as_str(), "abc-123");
     }
 
     #[test]
     fn several_keys_are_invalid() {
         assert!(matches!(
-            idempotency_key(&entries(&["a", "a"])),
+            key_in_headers(&entries(&["a", "a"])),
             Err(ServiceError::InvalidArgument(_))
         ));
     }
 
     #[test]
     fn request_id_is_taken_from_the_caller_or_generated() {
-        let mut metadata = MetadataMap::new();
-        assert_eq!(request_id(&metadata).len(), 36);
-        metadata.insert(REQUEST_ID, "req-42".parse().unwrap());
-        assert_eq!(request_id(&metadata), "req-42");
-        metadata.insert(REQUEST_ID, "has space".parse().unwrap());
-        assert_ne!(request_id(&metadata), "has space");
+        let mut headers = HeaderMap::new();
+        assert_eq!(request_id(&headers).len(), 36);
+        headers.insert(REQUEST_ID, "req-42".parse().unwrap());
+        assert_eq!(request_id(&headers), "req-42");
+        headers.insert(REQUEST_ID, "has space".parse().unwrap());
+        assert_ne!(request_id(&headers), "has space");
     }
 
     #[test]
     fn client_deadlines_are_read_from_grpc_timeout() {
         let deadline = |value: &str| {
-            let mut metadata = MetadataMap::new();
-            metadata.insert("grpc-timeout", value.parse().unwrap());
-            client_deadline(&metadata)
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            client_deadline(&headers)
         };
         assert_eq!(deadline("250m"), Some(Duration::from_millis(250)));
         assert_eq!(deadline("2S"), Some(Duration::from_secs(2)));
@@ -132,11 +128,11 @@ mod tests {
         for invalid in ["", "m", "123456789m", "10x", "-1S", "1.5S", "+1S"] {
             assert_eq!(deadline(invalid), None, "{invalid:?}");
         }
-        assert_eq!(client_deadline(&MetadataMap::new()), None);
+        assert_eq!(client_deadline(&HeaderMap::new()), None);
     }
 
     #[test]
     fn key_with_space_is_invalid() {
-        assert!(idempotency_key(&entries(&["a b"])).is_err());
+        assert!(key_in_headers(&entries(&["a b"])).is_err());
     }
 }

@@ -1,11 +1,12 @@
-//! The gRPC transport: the TodoService handlers, proto <-> domain conversion, the idempotency
-//! metadata, the guards every call passes first (size limits, authentication), and the edge
-//! layer that gives calls ending before their handler a deliberate status, a log line and a
-//! count.
+//! The gRPC transport, outside in: the listener (`connections`), the bounds on request bodies
+//! (`limits`), the per-call layer that owns a call's span, deadline, log line and metrics
+//! (`call`), the guard every call passes first (metadata size, authentication: `guard`), and
+//! the TodoService handlers (`service`), which parse (`convert`, `keys`, `metadata`), run the
+//! use case and respond.
 
+pub mod call;
 pub mod connections;
 pub mod convert;
-pub mod edge;
 pub mod guard;
 pub mod keys;
 pub mod limits;

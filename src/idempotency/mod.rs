@@ -37,6 +37,7 @@ mod fingerprint;
 mod key;
 mod persistence;
 mod retention;
+mod statements;
 mod sweeper;
 mod write;
 
@@ -56,6 +57,7 @@ use crate::domain::{Caller, Timestamp};
 use crate::error::ServiceError;
 use crate::storage::{Applied, During, NewRow, RowLock, Storage, statement_span};
 use persistence::{ClaimWithChange, ClaimWithInsert, StoredKey};
+use statements::KeyedInsert;
 
 /// A write call that carries an idempotency key: its scope (caller, method, key) and what the
 /// request was.
@@ -87,32 +89,30 @@ impl IdempotentRequest {
     }
 }
 
-/// How a call was answered.
+/// How a write was answered (the handler passes it on to the per-call layer, which logs and
+/// counts it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The work ran now (with or without a key).
-    Fresh,
-    /// A stored response was returned; nothing was written.
+pub enum Answered {
+    /// The work ran now; the call carried no key (or one that is only checked, DeleteTodo).
+    WithoutKey,
+    /// The work ran now and the call's key was claimed with its response.
+    Claimed,
+    /// The response stored with the key was returned; nothing was written.
     Replayed,
 }
 
 /// A response and how it came about.
 #[derive(Debug)]
 pub struct Executed<R> {
+    /// What the call answers.
     pub response: R,
-    pub outcome: Outcome,
-    /// Whether the call carried an idempotency key.
-    pub keyed: bool,
+    /// Whether it ran now, with or without a key, or was replayed.
+    pub answered: Answered,
 }
 
 impl<R> Executed<R> {
-    /// A response of work that ran now.
-    pub fn fresh(response: R, keyed: bool) -> Self {
-        Self {
-            response,
-            outcome: Outcome::Fresh,
-            keyed,
-        }
+    fn new(response: R, answered: Answered) -> Self {
+        Self { response, answered }
     }
 }
 
@@ -171,11 +171,11 @@ impl Idempotency {
             (None, Write::Insert { row, output }) => {
                 let insert = row.clone().insert_statement(self.storage.backend());
                 self.storage.write_statement("insert row", insert).await?;
-                Ok(Executed::fresh(respond(output), false))
+                Ok(Executed::new(respond(output), Answered::WithoutKey))
             }
             (None, Write::Planned(plan)) => {
                 let response = self.run_planned_unkeyed(plan, respond);
-                Ok(Executed::fresh(response.await?, false))
+                Ok(Executed::new(response.await?, Answered::WithoutKey))
             }
             (Some(request), Write::Insert { row, output })
                 if self.storage.backend() == DbBackend::Postgres =>
@@ -205,16 +205,16 @@ impl Idempotency {
         let cutoff = self.retention.get().cutoff(now);
         let bytes = response.encode_to_vec();
         for _ in 0..CLAIM_ATTEMPTS {
-            let attempt = persistence::claim_with_insert(
-                self.storage.writer(),
+            let insert = KeyedInsert {
                 request,
-                bytes.clone(),
-                row.clone(),
+                response: bytes.clone(),
+                row: row.clone(),
                 now,
                 cutoff,
-            );
+            };
+            let attempt = persistence::claim_with_insert(self.storage.writer(), insert);
             match attempt.await? {
-                ClaimWithInsert::Claimed => return Ok(Executed::fresh(response, true)),
+                ClaimWithInsert::Claimed => return Ok(Executed::new(response, Answered::Claimed)),
                 ClaimWithInsert::Stored(stored) => return replay(stored, request),
                 // Committed after this statement's snapshot: the next one finds it.
                 ClaimWithInsert::Lost => {}
@@ -226,7 +226,7 @@ impl Idempotency {
     /// SQLite, an insert with a key: ONE statement, for a fresh call and a replay alike, run
     /// in the next group commit: it claims the key and inserts the row only if the claim is
     /// this call's, and returns what the key holds afterwards: this call's response, or the
-    /// one to replay (`persistence::claim_with_insert_sqlite`).
+    /// one to replay (`statements::KeyedInsert`; the rule it relies on is written there).
     async fn insert_in_one_sqlite_statement<R: Message + Default>(
         &self,
         request: &IdempotentRequest,
@@ -237,11 +237,17 @@ impl Idempotency {
         let now = Timestamp::now();
         let cutoff = self.retention.get().cutoff(now);
         let bytes = response.encode_to_vec();
-        let claim =
-            persistence::claim_with_insert_sqlite(request, bytes.clone(), row.clone(), now, cutoff);
+        let claim = KeyedInsert {
+            request,
+            response: bytes.clone(),
+            row: row.clone(),
+            now,
+            cutoff,
+        }
+        .statement(DbBackend::Sqlite);
         let returned = self.storage.write_query(OPERATION, claim).await?;
         match persistence::claimed_or_stored(&returned, &bytes).during(OPERATION)? {
-            None => Ok(Executed::fresh(response, true)),
+            None => Ok(Executed::new(response, Answered::Claimed)),
             Some(stored) => replay(stored, request),
         }
     }
@@ -278,7 +284,7 @@ impl Idempotency {
                 now,
             );
             match claim.await? {
-                ClaimWithChange::Claimed => return Ok(Executed::fresh(response, true)),
+                ClaimWithChange::Claimed => return Ok(Executed::new(response, Answered::Claimed)),
                 ClaimWithChange::Stale => {}
                 // The key has a row, committed before the claim returned.
                 ClaimWithChange::Lost => {
@@ -339,7 +345,11 @@ impl Idempotency {
             return match planned.change.apply(&txn).await? {
                 Applied::Yes => {
                     commit(txn).await?;
-                    Ok(Executed::fresh(response, request.is_some()))
+                    let answered = match request {
+                        Some(_) => Answered::Claimed,
+                        None => Answered::WithoutKey,
+                    };
+                    Ok(Executed::new(response, answered))
                 }
                 Applied::Stale => Err(ServiceError::internal(format!(
                     "`{}` found its rows changed although it had locked them",
@@ -427,9 +437,5 @@ fn replay<R: Message + Default>(
             err,
         )
     })?;
-    Ok(Executed {
-        response,
-        outcome: Outcome::Replayed,
-        keyed: true,
-    })
+    Ok(Executed::new(response, Answered::Replayed))
 }

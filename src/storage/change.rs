@@ -20,9 +20,9 @@ pub struct Change {
     /// The statement, or `None` when the write changes nothing (an update to the values the
     /// row already has, a delete of a row that is not there).
     statement: Option<ChangeStatement>,
-    /// Whether the statement must change exactly one row to count as applied (it is guarded
-    /// by what was read); otherwise it applies whatever it changes.
-    must_change_one_row: bool,
+    /// How many rows the statement must change to count as applied (it is guarded by what was
+    /// read: each row at the revision read); `None`: it applies whatever it changes.
+    expected_rows: Option<u64>,
     /// What the statement does, to name its span and its errors.
     operation: &'static str,
 }
@@ -49,16 +49,17 @@ impl Change {
     pub fn nothing() -> Self {
         Self {
             statement: None,
-            must_change_one_row: false,
+            expected_rows: None,
             operation: "no change",
         }
     }
 
-    /// `statement`, applied only if it changes exactly one row: the one read, unchanged since.
-    pub(super) fn guarded(statement: ChangeStatement, operation: &'static str) -> Self {
+    /// `statement`, applied only if it changes exactly `rows` rows: the ones read, unchanged
+    /// since.
+    pub(super) fn guarded(statement: ChangeStatement, rows: u64, operation: &'static str) -> Self {
         Self {
             statement: Some(statement),
-            must_change_one_row: true,
+            expected_rows: Some(rows),
             operation,
         }
     }
@@ -67,14 +68,14 @@ impl Change {
     pub(super) fn unguarded(statement: ChangeStatement, operation: &'static str) -> Self {
         Self {
             statement: Some(statement),
-            must_change_one_row: false,
+            expected_rows: None,
             operation,
         }
     }
 
-    /// Whether it is applied only if it changes exactly one row.
-    pub fn is_guarded(&self) -> bool {
-        self.must_change_one_row
+    /// How many rows it must change to be applied, if it is guarded.
+    pub fn expected_rows(&self) -> Option<u64> {
+        self.expected_rows
     }
 
     /// The statement for `backend`, if there is one.
@@ -149,7 +150,7 @@ impl Change {
 
     /// Whether a statement that changed `rows` rows applied the change.
     pub fn outcome(&self, rows: u64) -> Applied {
-        if self.must_change_one_row && rows != 1 {
+        if self.expected_rows.is_some_and(|expected| rows != expected) {
             Applied::Stale
         } else {
             Applied::Yes
@@ -173,11 +174,14 @@ mod tests {
     }
 
     #[test]
-    fn a_guarded_change_applies_only_to_exactly_one_row() {
-        let change = Change::guarded(update(), "rename thing");
+    fn a_guarded_change_applies_only_to_exactly_its_rows() {
+        let change = Change::guarded(update(), 1, "rename thing");
         assert_eq!(change.outcome(1), Applied::Yes);
         assert_eq!(change.outcome(0), Applied::Stale);
-        assert!(change.is_guarded());
+        assert_eq!(change.expected_rows(), Some(1));
+        let three = Change::guarded(update(), 3, "rename things");
+        assert_eq!(three.outcome(3), Applied::Yes);
+        assert_eq!(three.outcome(2), Applied::Stale);
     }
 
     #[test]
@@ -196,7 +200,7 @@ mod tests {
 
     #[test]
     fn statements_use_each_backends_placeholders() {
-        let change = Change::guarded(update(), "rename thing");
+        let change = Change::guarded(update(), 1, "rename thing");
         let postgres = change.statement(DbBackend::Postgres).expect("a statement");
         assert_eq!(
             postgres.sql,
@@ -211,7 +215,7 @@ mod tests {
 
     #[test]
     fn a_condition_is_added_to_the_where_clause() {
-        let change = Change::guarded(update(), "rename thing");
+        let change = Change::guarded(update(), 1, "rename thing");
         let postgres = change
             .statement_where(DbBackend::Postgres, Some("f() IS NOT NULL"))
             .expect("a statement");

@@ -71,7 +71,7 @@ enum Reply {
 }
 
 /// What a statement gave, before the commit.
-enum Outcome {
+enum StatementResult {
     Changed(u64),
     Returned(Vec<QueryResult>),
 }
@@ -92,10 +92,12 @@ impl Reply {
         }
     }
 
-    fn succeed(self, outcome: Outcome) {
-        match (self, outcome) {
-            (Self::Changed(sender), Outcome::Changed(rows)) => drop(sender.send(Ok(rows))),
-            (Self::Returned(sender), Outcome::Returned(rows)) => drop(sender.send(Ok(rows))),
+    fn succeed(self, result: StatementResult) {
+        match (self, result) {
+            (Self::Changed(sender), StatementResult::Changed(rows)) => drop(sender.send(Ok(rows))),
+            (Self::Returned(sender), StatementResult::Returned(rows)) => {
+                drop(sender.send(Ok(rows)))
+            }
             // `run_statement` answers each kind with its own outcome.
             (reply, _) => reply.fail(StorageError {
                 operation: "group commit",
@@ -222,7 +224,7 @@ async fn run_batch(
             return Vec::new();
         }
     };
-    let mut ran: Vec<(Job, Outcome)> = Vec::with_capacity(batch.len());
+    let mut ran: Vec<(Job, StatementResult)> = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
     while let Some(job) = jobs.next() {
         if job.reply.is_closed() {
@@ -232,11 +234,11 @@ async fn run_batch(
             Reply::Changed(_) => txn
                 .execute_raw(job.statement.clone())
                 .await
-                .map(|result| Outcome::Changed(result.rows_affected())),
+                .map(|result| StatementResult::Changed(result.rows_affected())),
             Reply::Returned(_) => txn
                 .query_all_raw(job.statement.clone())
                 .await
-                .map(Outcome::Returned),
+                .map(StatementResult::Returned),
         };
         match outcome.during(job.operation) {
             Ok(outcome) => ran.push((job, outcome)),

@@ -31,7 +31,8 @@ pub use group_commit::GroupCommitCounts;
 pub use new_row::NewRow;
 pub use statement::{statement, statement_span};
 pub use todos::{
-    RowLock, delete_todo, find_todo, find_todo_to_write, list_todos, todo_row, update_todo,
+    RowLock, complete_todos, delete_todo, find_todo, find_todo_to_write, find_todos_to_write,
+    list_todos, todo_row, update_todo,
 };
 
 use crate::domain::PageTokenKey;
@@ -51,7 +52,7 @@ pub struct DatabaseSettings {
 }
 
 /// Transaction isolation on PostgreSQL (`--db-isolation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Isolation {
     /// PostgreSQL's default. Concurrent writers of one row or key wait for each other.
     #[default]

@@ -1,9 +1,9 @@
 //! Queries on the `todos` table, in domain types. Every query is scoped to one owner: a
 //! caller never reads, changes or deletes another caller's todo.
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityName,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityName,
     EntityTrait, IdenStatic, Iterable, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
@@ -112,7 +112,36 @@ pub fn update_todo(owner: &Caller, next: &Todo, read_revision: i64) -> Change {
         .filter(Column::Owner.eq(owner.as_str()))
         .filter(Column::Revision.eq(read_revision))
         .into_query();
-    Change::guarded(ChangeStatement::Update(update), "update todo")
+    Change::guarded(ChangeStatement::Update(update), 1, "update todo")
+}
+
+/// The change that marks todos completed: each of `completed` (the todo after the change, and
+/// the revision it was computed from) only if its stored revision is still the one read; all
+/// of them, or none (ONE statement).
+pub fn complete_todos(owner: &Caller, completed: &[(Todo, i64)]) -> Change {
+    if completed.is_empty() {
+        return Change::nothing();
+    }
+    let mut at_read_revisions = Condition::any();
+    let mut update_time = CaseStatement::new();
+    for (next, read_revision) in completed {
+        let this_row = Column::Id.eq(next.id.as_uuid());
+        at_read_revisions = at_read_revisions.add(
+            Condition::all()
+                .add(this_row.clone())
+                .add(Column::Revision.eq(*read_revision)),
+        );
+        update_time = update_time.case(this_row, Expr::value(next.update_time.unix_micros()));
+    }
+    let update = Entity::update_many()
+        .col_expr(Column::Completed, Expr::value(true))
+        .col_expr(Column::UpdateTimeUs, update_time.into())
+        .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
+        .filter(Column::Owner.eq(owner.as_str()))
+        .filter(at_read_revisions)
+        .into_query();
+    let rows = u64::try_from(completed.len()).unwrap_or(u64::MAX);
+    Change::guarded(ChangeStatement::Update(update), rows, "complete todos")
 }
 
 /// The change that deletes the todo: only at `read_revision` when one is given (the delete
@@ -124,10 +153,36 @@ pub fn delete_todo(owner: &Caller, id: TodoId, read_revision: Option<i64>) -> Ch
     match read_revision {
         Some(revision) => {
             delete = delete.filter(Column::Revision.eq(revision));
-            Change::guarded(ChangeStatement::Delete(delete.into_query()), "delete todo")
+            Change::guarded(
+                ChangeStatement::Delete(delete.into_query()),
+                1,
+                "delete todo",
+            )
         }
         None => Change::unguarded(ChangeStatement::Delete(delete.into_query()), "delete todo"),
     }
+}
+
+/// The caller's todos among `ids`, read for a write with `lock` (those that do not exist, or
+/// are another caller's, are not among them; any order).
+pub async fn find_todos_to_write<C: ConnectionTrait>(
+    db: &C,
+    owner: &Caller,
+    ids: &[TodoId],
+    lock: RowLock,
+) -> Result<Vec<Todo>, StorageError> {
+    let mut find = Entity::find()
+        .filter(Column::Owner.eq(owner.as_str()))
+        .filter(Column::Id.is_in(ids.iter().map(TodoId::as_uuid)));
+    if lock == RowLock::ForUpdate {
+        find = find.lock_exclusive();
+    }
+    let find = find.all(db);
+    statement(db, "find todos", async {
+        find.await
+            .and_then(|models| models.into_iter().map(to_domain).collect())
+    })
+    .await
 }
 
 /// One page in id order, plus one row more if there is one (so the caller knows whether to
@@ -153,4 +208,77 @@ pub async fn list_todos<C: ConnectionTrait>(
             .and_then(|models| models.into_iter().map(to_domain).collect())
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sea_orm::{DbBackend, Statement};
+
+    use super::*;
+    use crate::storage::{DatabaseSettings, Isolation, Storage};
+
+    async fn texts(db: &impl ConnectionTrait, sql: &str, column: &str) -> Vec<String> {
+        let rows = db
+            .query_all_raw(Statement::from_string(DbBackend::Sqlite, sql))
+            .await
+            .expect("query");
+        rows.iter()
+            .map(|row| row.try_get::<String>("", column).expect("text"))
+            .collect()
+    }
+
+    /// The SQLite keyed insert (migration m20261129_000004) lists the todo columns by hand; the
+    /// entity is where they are defined: a column added to one must be added to the other.
+    #[tokio::test]
+    async fn the_sqlite_keyed_insert_trigger_lists_every_todo_column() {
+        let storage = Storage::connect(&DatabaseSettings {
+            url: "sqlite::memory:".to_owned(),
+            pool_size: 1,
+            timeout: Duration::from_secs(5),
+            isolation: Isolation::default(),
+        })
+        .await
+        .expect("an in-memory database");
+        storage.migrate().await.expect("migrations");
+        let db = storage.writer();
+        let columns = texts(
+            db,
+            "SELECT name FROM pragma_table_info('keyed_todos_inserts') ORDER BY cid",
+            "name",
+        )
+        .await;
+        let key_columns = [
+            "caller",
+            "method",
+            "key",
+            "fingerprint",
+            "response",
+            "created_at_us",
+            "cutoff_us",
+        ];
+        assert_eq!(columns[..key_columns.len()], key_columns);
+        let mut staged: Vec<&str> = columns[key_columns.len()..]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let mut entity: Vec<&str> = Column::iter().map(|column| column.as_str()).collect();
+        staged.sort_unstable();
+        entity.sort_unstable();
+        assert_eq!(staged, entity, "the staging table has the todo columns");
+        let trigger = texts(
+            db,
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'keyed_todos_claim'",
+            "sql",
+        )
+        .await
+        .concat();
+        for column in entity {
+            assert!(
+                trigger.contains(&format!("NEW.{column}")),
+                "the claim trigger inserts {column}"
+            );
+        }
+    }
 }

@@ -12,9 +12,10 @@ use clap::Parser;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use tempfile::TempDir;
 use todo_service::TodoServiceClient;
-use todo_service::config::{Cli, Config, LogFormat};
+use todo_service::config::{Cli, Config};
 use todo_service::proto;
 use todo_service::startup::{Application, StartupError};
+use todo_service::telemetry::LogFormat;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -421,6 +422,21 @@ impl TestApp {
             })
             .await
             .map(|_| ())
+    }
+
+    pub async fn complete(
+        &self,
+        ids: &[&str],
+        key: Option<&str>,
+    ) -> Result<Response<proto::CompleteTodosResponse>, Status> {
+        let request = proto::CompleteTodosRequest {
+            ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+            ..proto::CompleteTodosRequest::default()
+        };
+        self.client
+            .clone()
+            .complete_todos(keyed(request, key))
+            .await
     }
 
     pub async fn todo_count(&self) -> i64 {

@@ -6,6 +6,7 @@ mod raw_grpc;
 mod server_process;
 
 mod client;
+mod complete;
 mod create;
 mod database;
 mod delete;

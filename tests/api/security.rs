@@ -33,7 +33,7 @@ both_backends!(
 );
 
 pub const ALICE: &str = "alice-token-5b1f0e";
-const BOB: &str = "bob-token-c93a77";
+pub const BOB: &str = "bob-token-c93a77";
 
 fn tokens_file() -> NamedTempFile {
     let mut file = NamedTempFile::new().unwrap();
@@ -55,7 +55,7 @@ pub async fn spawn_with_callers(backend: Backend) -> (TestApp, NamedTempFile) {
     (app, file)
 }
 
-fn authed<T>(message: T, authorization: Option<&str>, key: Option<&str>) -> Request<T> {
+pub fn authed<T>(message: T, authorization: Option<&str>, key: Option<&str>) -> Request<T> {
     let mut request = Request::new(message);
     if let Some(value) = authorization {
         request
@@ -70,7 +70,7 @@ fn authed<T>(message: T, authorization: Option<&str>, key: Option<&str>) -> Requ
     request
 }
 
-fn bearer(token: &str) -> String {
+pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
@@ -650,9 +650,17 @@ async fn tokens_never_reach_the_logs() {
     while let Some(line) = server.next_log_line(Duration::from_secs(1)).await {
         log.push(line);
     }
+    // The refused call is logged once, by its `rpc finished` line, with the reason.
+    let refused: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("UNAUTHENTICATED"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let refused: serde_json::Value = serde_json::from_str(refused[0]).expect("JSON");
+    assert_eq!(refused["message"], "rpc finished");
+    assert_eq!(refused["span"]["reason"], "unknown token");
     let log = log.join("\n");
     assert!(log.contains("rpc finished"), "the calls were logged");
-    assert!(log.contains("unauthenticated call refused"));
     for secret in [ALICE, "guessed-secret-123", &hash_token(ALICE)] {
         assert!(!log.contains(secret), "{secret} leaked into the logs");
     }
