@@ -14,7 +14,7 @@ use crate::storage::{StorageError, Transient};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `google.rpc.ErrorInfo.domain` for the errors this service defines.
-pub const ERROR_DOMAIN: &str = "todo.v1.TodoService";
+pub const ERROR_DOMAIN: &str = crate::proto::todo_service_server::SERVICE_NAME;
 /// `google.rpc.ErrorInfo.reason` when an idempotency key comes back with a different request.
 pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
 

@@ -177,15 +177,8 @@ impl Idempotency {
                 let response = self.run_planned_unkeyed(plan, respond);
                 Ok(Executed::new(response.await?, Answered::WithoutKey))
             }
-            (Some(request), Write::Insert { row, output })
-                if self.storage.backend() == DbBackend::Postgres =>
-            {
-                self.insert_in_one_postgres_statement(request, row, respond(output))
-                    .await
-            }
             (Some(request), Write::Insert { row, output }) => {
-                self.insert_in_one_sqlite_statement(request, row, respond(output))
-                    .await
+                self.insert_keyed(request, row, respond(output)).await
             }
             (Some(request), Write::Planned(plan)) => {
                 self.run_planned_keyed(request, plan, respond).await
@@ -193,41 +186,15 @@ impl Idempotency {
         }
     }
 
-    /// PostgreSQL, an insert with a key: lookup, claim (with `response`) and insert in one
-    /// statement, again while the statement loses to a duplicate committed after it began.
-    async fn insert_in_one_postgres_statement<R: Message + Default>(
-        &self,
-        request: &IdempotentRequest,
-        row: &NewRow,
-        response: R,
-    ) -> Result<Executed<R>, ServiceError> {
-        let now = Timestamp::now();
-        let cutoff = self.retention.get().cutoff(now);
-        let bytes = response.encode_to_vec();
-        for _ in 0..CLAIM_ATTEMPTS {
-            let insert = KeyedInsert {
-                request,
-                response: bytes.clone(),
-                row: row.clone(),
-                now,
-                cutoff,
-            };
-            let attempt = persistence::claim_with_insert(self.storage.writer(), insert);
-            match attempt.await? {
-                ClaimWithInsert::Claimed => return Ok(Executed::new(response, Answered::Claimed)),
-                ClaimWithInsert::Stored(stored) => return replay(stored, request),
-                // Committed after this statement's snapshot: the next one finds it.
-                ClaimWithInsert::Lost => {}
-            }
-        }
-        Err(claim_attempts_exhausted(request))
-    }
-
-    /// SQLite, an insert with a key: ONE statement, for a fresh call and a replay alike, run
-    /// in the next group commit: it claims the key and inserts the row only if the claim is
-    /// this call's, and returns what the key holds afterwards: this call's response, or the
-    /// one to replay (`statements::KeyedInsert`; the rule it relies on is written there).
-    async fn insert_in_one_sqlite_statement<R: Message + Default>(
+    /// An insert with a key, in ONE statement for a fresh call and a replay alike
+    /// (`statements::KeyedInsert`): it claims the key (with `response`) and inserts the row only
+    /// if the claim is this call's.
+    /// - PostgreSQL: an autocommit statement, run again while it loses to a duplicate committed
+    ///   after it began;
+    /// - SQLite: run in the next group commit; it returns what the key holds afterwards: this
+    ///   call's response, or the one to replay (the rule it relies on is written in
+    ///   `statements.rs`).
+    async fn insert_keyed<R: Message + Default>(
         &self,
         request: &IdempotentRequest,
         row: &NewRow,
@@ -237,14 +204,27 @@ impl Idempotency {
         let now = Timestamp::now();
         let cutoff = self.retention.get().cutoff(now);
         let bytes = response.encode_to_vec();
-        let claim = KeyedInsert {
+        let insert = || KeyedInsert {
             request,
             response: bytes.clone(),
             row: row.clone(),
             now,
             cutoff,
+        };
+        if self.storage.backend() == DbBackend::Postgres {
+            for _ in 0..CLAIM_ATTEMPTS {
+                match persistence::claim_with_insert(self.storage.writer(), insert()).await? {
+                    ClaimWithInsert::Claimed => {
+                        return Ok(Executed::new(response, Answered::Claimed));
+                    }
+                    ClaimWithInsert::Stored(stored) => return replay(stored, request),
+                    // Committed after this statement's snapshot: the next one finds it.
+                    ClaimWithInsert::Lost => {}
+                }
+            }
+            return Err(claim_attempts_exhausted(request));
         }
-        .statement(DbBackend::Sqlite);
+        let claim = insert().statement(DbBackend::Sqlite);
         let returned = self.storage.write_query(OPERATION, claim).await?;
         match persistence::claimed_or_stored(&returned, &bytes).during(OPERATION)? {
             None => Ok(Executed::new(response, Answered::Claimed)),

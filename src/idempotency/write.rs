@@ -60,7 +60,10 @@ pub enum Write<P: Plan> {
 }
 
 impl<T: Send + Sync> Write<InsertOnly<T>> {
-    /// A write that inserts `row` and answers `output`.
+    /// A write that inserts `row` and answers `output`. The response made from `output` must be
+    /// this call's alone (it carries the new row's freshly generated id): the SQLite keyed
+    /// insert tells its own claim from another call's by comparing the response bytes the key
+    /// holds (`statements.rs`).
     pub fn insert(row: NewRow, output: T) -> Self {
         Self::Insert { row, output }
     }
