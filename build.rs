@@ -1,7 +1,8 @@
 //! Compiles `proto/todo/v1/todo.proto` without a system `protoc`: protox parses the proto
-//! (it knows the google/protobuf well-known types), tonic-prost-build generates client and
-//! server code from the descriptor set, and the encoded descriptor set is written to OUT_DIR
-//! for server reflection (`compile_fds` does not write it itself).
+//! (it knows the google/protobuf well-known types), tonic-prost-build generates the server
+//! stubs from the descriptor set, over the messages of the `todo-client` crate (`extern_path`:
+//! one type per message for the server and its callers), and the encoded descriptor set is
+//! written to OUT_DIR for server reflection (`compile_fds` does not write it itself).
 
 use std::{env, fs, path::PathBuf};
 
@@ -18,8 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
-        .build_client(true)
+        .build_client(false)
         .build_server(true)
+        .extern_path(".todo.v1", "::todo_client::proto")
         .compile_fds(descriptors)?;
     Ok(())
 }

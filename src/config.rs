@@ -36,6 +36,32 @@ pub enum Command {
     /// Read a bearer token from standard input and print its SHA-256, as the tokens file
     /// wants it.
     HashToken,
+    /// Migrate the database and exit (for a job or an init container before a rollout; the
+    /// servers then start with --run-migrations false). Concurrent runs are safe: one migrates,
+    /// the others wait for it and find nothing left to do.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+}
+
+/// What `todo-server migrate` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum MigrateAction {
+    /// Apply every pending migration.
+    Up,
+    /// List the migrations of this build and whether each is applied (exit 0 if all are, 3 if
+    /// some are pending).
+    Status,
+    /// Revert the last applied migrations: this drops tables and the data in them.
+    Down {
+        /// How many migrations to revert.
+        #[arg(long, default_value_t = 1)]
+        steps: u32,
+        /// Required: says that dropping the reverted migrations' data is meant.
+        #[arg(long, default_value_t = false)]
+        allow_data_loss: bool,
+    },
 }
 
 /// `--idempotency-retention`: a duration (`humantime`) of at least the floor.
@@ -331,6 +357,28 @@ mod tests {
         );
         assert!(!cli.config.run_migrations);
         assert_eq!(cli.config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn migrate_takes_an_action_and_down_a_flag() {
+        let cli = Cli::try_parse_from(["todo-server", "migrate", "up"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Migrate {
+                action: MigrateAction::Up
+            })
+        );
+        let cli = Cli::try_parse_from(["todo-server", "migrate", "down", "--steps", "2"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Migrate {
+                action: MigrateAction::Down {
+                    steps: 2,
+                    allow_data_loss: false
+                }
+            })
+        );
+        assert!(Cli::try_parse_from(["todo-server", "migrate"]).is_err());
     }
 
     #[test]

@@ -27,14 +27,14 @@
 //! - [`domain`]: validated types (`TodoTitle`, `TodoId`, `UpdateMask`, page tokens, ...).
 //! - [`storage`]: SeaORM entities and queries; SQLite or PostgreSQL connections.
 //! - [`error`]: the one `ServiceError` enum and its mapping to `tonic::Status`.
-//! - [`proto`]: generated `todo.v1` messages, client and server.
-//! - [`client`]: for callers: a client over the generated one that retries safely (one key
-//!   per logical write, kept across attempts).
+//! - [`proto`]: the `todo.v1` messages and client (from the `todo-client` crate) and the
+//!   generated server stubs.
+//! - [`client`]: the `todo-client` crate, for callers: a client over the generated one that
+//!   retries safely (one key per logical write, kept across attempts).
 //!
 //! Schema migrations live in the separate `migration` crate.
 
 pub mod auth;
-pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -48,14 +48,22 @@ pub mod telemetry;
 pub mod ticker;
 pub mod todos;
 
-/// The generated `todo.v1` protobuf messages, client and server.
+/// The `todo.v1` protobuf messages and generated client (the `todo-client` crate's), and the
+/// generated server stubs over them.
 pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("todo.v1");
+    pub use todo_client::proto::*;
+
+    mod server {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("todo.v1");
+    }
+    pub use server::todo_service_server;
 
     /// The encoded descriptor set of `todo/v1/todo.proto`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("todo_descriptor");
 }
 
+/// The client for callers (the `todo-client` crate).
+pub use todo_client as client;
 /// The generated client, for Rust services that call TodoService.
-pub use proto::todo_service_client::TodoServiceClient;
+pub use todo_client::TodoServiceClient;

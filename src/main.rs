@@ -3,7 +3,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use todo_service::config::{Cli, Command};
 use todo_service::error::Chain;
-use todo_service::startup::{Application, sweep_once};
+use todo_service::startup::MigrateReport;
+use todo_service::startup::{Application, migrate, sweep_once};
 use todo_service::telemetry;
 
 #[tokio::main]
@@ -51,6 +52,29 @@ async fn run(command: Command, config: &todo_service::config::Config) -> ExitCod
             }
             Err(err) => {
                 tracing::error!(error = %Chain(&err), "sweep failed");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Migrate { action } => match migrate(config, action).await {
+            Ok(report) => {
+                let (migrations, done) = match &report {
+                    MigrateReport::Applied(states) => (states, "migrated"),
+                    MigrateReport::Status(states) => (states, "status"),
+                    MigrateReport::Reverted(states) => (states, "reverted"),
+                };
+                for state in migrations {
+                    let mark = if state.applied { "applied" } else { "pending" };
+                    println!("{mark} {}", state.name);
+                }
+                let pending = migrations.iter().filter(|state| !state.applied).count();
+                tracing::info!(pending, "{done}");
+                match report {
+                    MigrateReport::Status(_) if pending > 0 => ExitCode::from(3),
+                    _ => ExitCode::SUCCESS,
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %Chain(&err), "migrate failed");
                 ExitCode::FAILURE
             }
         },

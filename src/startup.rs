@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 
 use crate::auth::{CallerTokens, TokensFileError};
-use crate::config::Config;
+use crate::config::{Config, MigrateAction};
 use crate::error::Chain;
 use crate::grpc::TodoApi;
 use crate::grpc::call::CallLayer;
@@ -26,7 +26,7 @@ use crate::idempotency::{
 };
 use crate::metrics::{self, Metrics};
 use crate::proto::{self, todo_service_server::TodoServiceServer};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{MigrationState, Storage, StorageError};
 use crate::ticker::Ticker;
 
 /// Why the server could not start (or stopped). Each variant keeps its cause as its source;
@@ -54,6 +54,11 @@ pub enum StartupError {
          is really wanted"
     )]
     AnonymousNonLoopback(SocketAddr),
+    #[error(
+        "`migrate down` drops the reverted migrations' tables and their data: pass \
+         --allow-data-loss to do it"
+    )]
+    DownNeedsConsent,
     #[error("cannot read {path}")]
     TlsFile {
         path: String,
@@ -170,6 +175,50 @@ async fn shared_retention(
         config.change_idempotency_retention,
     )
     .await?)
+}
+
+/// What `todo-server migrate` found or did.
+#[derive(Debug)]
+pub enum MigrateReport {
+    /// Every migration is applied now.
+    Applied(Vec<MigrationState>),
+    /// The migrations and their state (nothing was changed).
+    Status(Vec<MigrationState>),
+    /// The last migrations were reverted; the state afterwards.
+    Reverted(Vec<MigrationState>),
+}
+
+/// `todo-server migrate ACTION`: migrates the database (under its migration lock) and reports
+/// the state of every migration. `down` without `--allow-data-loss` is refused before anything
+/// is touched.
+pub async fn migrate(
+    config: &Config,
+    action: MigrateAction,
+) -> Result<MigrateReport, StartupError> {
+    if let MigrateAction::Down {
+        allow_data_loss: false,
+        ..
+    } = action
+    {
+        return Err(StartupError::DownNeedsConsent);
+    }
+    let storage = Storage::connect(&config.database()).await?;
+    let result = async {
+        Ok(match action {
+            MigrateAction::Up => {
+                storage.migrate().await?;
+                MigrateReport::Applied(storage.migration_status().await?)
+            }
+            MigrateAction::Status => MigrateReport::Status(storage.migration_status().await?),
+            MigrateAction::Down { steps, .. } => {
+                storage.revert_migrations(steps).await?;
+                MigrateReport::Reverted(storage.migration_status().await?)
+            }
+        })
+    }
+    .await;
+    storage.close().await;
+    result
 }
 
 /// `todo-server sweep`: deletes the expired idempotency keys once.

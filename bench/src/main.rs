@@ -24,9 +24,9 @@ mod cpu;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use todo_service::TodoServiceClient;
-use todo_service::client::{CallError, CallOptions, RetryPolicy, TodoClient};
-use todo_service::proto;
+use todo_client::TodoServiceClient;
+use todo_client::proto;
+use todo_client::{CallError, CallOptions, RetryPolicy, TodoClient};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 use tonic_health::pb::HealthCheckRequest;
@@ -87,7 +87,7 @@ struct Args {
     /// Exit with status 1 if any call failed.
     #[arg(long)]
     fail_on_error: bool,
-    /// Retry failures whose outcome is unknown, as `todo_service::client` does for callers
+    /// Retry failures whose outcome is unknown, as `todo_client` does for callers
     /// (same key, backoff, 30 s budget). Off by default, so that each measured call is one
     /// attempt and every failure is counted.
     #[arg(long)]

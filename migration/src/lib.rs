@@ -22,3 +22,4 @@ impl MigratorTrait for Migrator {
         ]
     }
 }
+pub use sea_orm_migration::MigrationStatus;

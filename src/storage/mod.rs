@@ -5,6 +5,7 @@ mod change;
 pub mod deadline;
 mod errors;
 mod group_commit;
+mod migrations;
 mod new_row;
 mod settings;
 mod statement;
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -28,6 +28,8 @@ pub use change::{Applied, Change};
 pub use errors::{During, StorageError, Transient};
 use group_commit::GroupCommit;
 pub use group_commit::GroupCommitCounts;
+use migrations::MigrationLock;
+pub use migrations::MigrationState;
 pub use new_row::NewRow;
 pub use statement::{statement, statement_span};
 pub use todos::{
@@ -93,6 +95,8 @@ pub struct Storage {
     retries: Arc<RetryCounts>,
     /// SQLite: the task that runs single-statement writes in shared transactions.
     group_commit: Option<GroupCommit>,
+    /// The URL connected to (where the migration lock lives).
+    url: String,
 }
 
 impl Storage {
@@ -110,6 +114,7 @@ impl Storage {
                 pool_size: settings.pool_size.max(1),
                 retries: Arc::default(),
                 group_commit: None,
+                url: settings.url.clone(),
             })
         }
     }
@@ -131,6 +136,7 @@ impl Storage {
             backend: DbBackend::Sqlite,
             pool_size: settings.pool_size.max(1),
             retries: Arc::default(),
+            url: settings.url.clone(),
         })
     }
 
@@ -290,11 +296,26 @@ impl Storage {
             .during("begin write transaction")
     }
 
-    /// Applies every pending migration.
+    /// Applies every pending migration, holding the database's migration lock (`migrations.rs`:
+    /// concurrent migrations of one database run one after the other).
     pub async fn migrate(&self) -> Result<(), StorageError> {
-        Migrator::up(&self.writer, None)
-            .await
-            .during("apply migrations")
+        let lock = MigrationLock::acquire(&self.writer, &self.url).await?;
+        let result = migrations::up(&self.writer).await;
+        lock.release().await;
+        result
+    }
+
+    /// Reverts the last `steps` applied migrations, holding the migration lock.
+    pub async fn revert_migrations(&self, steps: u32) -> Result<(), StorageError> {
+        let lock = MigrationLock::acquire(&self.writer, &self.url).await?;
+        let result = migrations::down(&self.writer, steps).await;
+        lock.release().await;
+        result
+    }
+
+    /// Every migration of this build, in order, and whether it is applied.
+    pub async fn migration_status(&self) -> Result<Vec<MigrationState>, StorageError> {
+        migrations::status(&self.writer).await
     }
 
     /// Whether the database answers (on a live connection: dead pooled ones are skipped).

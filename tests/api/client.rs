@@ -1,4 +1,5 @@
-//! `todo_service::client::TodoClient`, the retrying client for Rust callers, against the real
+//! `todo_client::TodoClient` (re-exported as `todo_service::client`), the retrying client for
+//! Rust callers, against the real
 //! server: replays, typed errors that are never retried, and the per-attempt and overall
 //! deadlines. (The shared fault scenarios run it under faults: `bench/tests/fault_scenarios.rs`.)
 
@@ -12,7 +13,7 @@ use tonic::Code;
 
 use crate::both_backends;
 use crate::helpers::{Backend, spawn_app};
-use crate::security::{ALICE, spawn_with_callers};
+use crate::security::{ALICE, BOB, spawn_with_callers};
 use crate::server_process::channel_to;
 
 both_backends!(
@@ -20,6 +21,9 @@ both_backends!(
     client_surfaces_key_reuse_as_a_typed_error_without_retrying,
     client_names_invalid_fields_and_does_not_retry_final_answers,
     client_sends_its_token_and_does_not_retry_unauthenticated_calls,
+    a_token_provider_is_asked_for_the_current_token_on_every_call,
+    the_client_runs_over_the_callers_own_tower_layers,
+    client_completes_todos_with_one_key_per_logical_write,
 );
 
 fn todo(title: &str) -> proto::Todo {
@@ -267,4 +271,100 @@ async fn client_gives_each_attempt_its_own_deadline_within_the_budget() {
         "{elapsed:?}"
     );
     held.abort();
+}
+
+async fn a_token_provider_is_asked_for_the_current_token_on_every_call(backend: Backend) {
+    use std::sync::{Arc, Mutex};
+
+    let (app, _tokens) = spawn_with_callers(backend).await;
+    // What a projected service-account token file does: the credential changes under the
+    // running client.
+    let current = Arc::new(Mutex::new(ALICE.to_owned()));
+    let source = Arc::clone(&current);
+    let client = TodoClient::new(channel_to(app.addr))
+        .with_token_provider(move || source.lock().map(|token| token.clone()).unwrap_or_default());
+    let alices = client.create_todo(todo("alice's")).await.expect("as alice");
+    *current.lock().expect("lock") = BOB.to_owned();
+    match client
+        .get_todo(&alices.value.id, CallOptions::default())
+        .await
+    {
+        Err(CallError::Rejected { status }) => assert_eq!(status.code(), Code::NotFound),
+        other => panic!("bob must not see alice's todo: {other:?}"),
+    }
+    let bobs = client.create_todo(todo("bob's")).await.expect("as bob");
+    *current.lock().expect("lock") = "revoked-token".to_owned();
+    match client
+        .get_todo(&bobs.value.id, CallOptions::default())
+        .await
+    {
+        Err(CallError::Rejected { status }) => assert_eq!(status.code(), Code::Unauthenticated),
+        other => panic!("an unknown token is refused: {other:?}"),
+    }
+    assert_eq!(app.db.count("todos").await, 2);
+}
+
+async fn the_client_runs_over_the_callers_own_tower_layers(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let (app, _tokens) = spawn_with_callers(backend).await;
+    // The caller's own layer (here: an interceptor that adds the credential and counts calls).
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&seen);
+    let authorization: tonic::metadata::AsciiMetadataValue =
+        format!("Bearer {ALICE}").parse().expect("ascii");
+    let layered = tonic::service::interceptor::InterceptedService::new(
+        channel_to(app.addr),
+        move |mut request: tonic::Request<()>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+            Ok(request)
+        },
+    );
+    let client = TodoClient::new(layered);
+    let created = client
+        .create_todo(todo("through layers"))
+        .await
+        .expect("created");
+    let read = client
+        .get_todo(&created.value.id, CallOptions::default())
+        .await
+        .expect("read back");
+    assert_eq!(read, created.value);
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        2,
+        "both calls went through the layer"
+    );
+}
+
+async fn client_completes_todos_with_one_key_per_logical_write(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let client = TodoClient::new(channel_to(app.addr));
+    let a = client.create_todo(todo("a")).await.expect("a").value;
+    let b = client.create_todo(todo("b")).await.expect("b").value;
+    let ids = vec![b.id.clone(), a.id.clone()];
+    let done = client
+        .complete_todos(ids.clone(), CallOptions::default())
+        .await
+        .expect("completed");
+    assert!(!done.replayed);
+    let order: Vec<&str> = done.value.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(order, [b.id.as_str(), a.id.as_str()]);
+    assert!(done.value.iter().all(|t| t.completed));
+    let retried = client
+        .complete_todos(
+            ids,
+            CallOptions {
+                idempotency_key: Some(done.idempotency_key.clone()),
+                deadline: None,
+            },
+        )
+        .await
+        .expect("the retry");
+    assert!(retried.replayed, "a retry with the key replays");
+    assert_eq!(retried.value, done.value);
 }

@@ -15,6 +15,7 @@ mod get;
 mod hardening;
 mod idempotency;
 mod list;
+mod migrate;
 mod operations;
 mod request_id;
 mod security;

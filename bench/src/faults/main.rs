@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
-use todo_service::client::{CallOptions, RetryPolicy, TodoClient};
-use todo_service::proto;
+use todo_client::proto;
+use todo_client::{CallOptions, RetryPolicy, TodoClient};
 use tonic::transport::Endpoint;
 
 use crate::proxy::Cut;
@@ -298,7 +298,7 @@ async fn run(args: &Args) -> Result<Report, Failure> {
         client: args
             .client_cmd
             .clone()
-            .unwrap_or_else(|| "rust (todo_service::client)".into()),
+            .unwrap_or_else(|| "rust (todo_client)".into()),
         retries: args.retries == Switch::On,
         writes: args.writes,
         cuts: proxy.cuts.load(std::sync::atomic::Ordering::Relaxed),

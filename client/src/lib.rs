@@ -1,5 +1,8 @@
-//! A TodoService client for Rust services whose calls are safe to retry, over the generated
-//! [`TodoServiceClient`].
+//! A client for TodoService whose calls are safe to retry, for Rust services: only what a
+//! caller needs (tonic's generated client, prost messages, this retrying wrapper), none of the
+//! server. [`TodoClient`] works over any transport tonic's generated client accepts: a
+//! [`Channel`], or a channel wrapped in the caller's own tower layers (auth, tracing, load
+//! balancing).
 //!
 //! - Each logical CreateTodo / UpdateTodo gets a fresh UUIDv7 `idempotency-key` that every
 //!   attempt of it carries, so the service performs it once and replays the stored answer to
@@ -16,22 +19,55 @@
 //!   fields named, and [`CallError::Rejected`] for the rest (NOT_FOUND, ABORTED,
 //!   UNAUTHENTICATED, ...).
 //! - Reads and DeleteTodo (idempotent by nature) are retried the same way.
+//! - A bearer token is fixed ([`TodoClient::with_token`]) or read before every attempt from a
+//!   provider ([`TodoClient::with_token_provider`]), so a rotating credential (a projected
+//!   service-account token re-read from disk) works without rebuilding the client.
+//!
+//! ```no_run
+//! use todo_client::{CallOptions, TodoClient, proto};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let channel = tonic::transport::Channel::from_static("http://127.0.0.1:50051")
+//!     .connect()
+//!     .await?;
+//! let client = TodoClient::new(channel).with_token_provider(|| {
+//!     std::fs::read_to_string("/var/run/secrets/tokens/todo").unwrap_or_default()
+//! });
+//! let todo = proto::Todo { title: "write the report".into(), ..Default::default() };
+//! let created = client.create_todo(todo).await?;
+//! println!("{} (replayed: {})", created.value.id, created.replayed);
+//! let again = client.get_todo(&created.value.id, CallOptions::default()).await?;
+//! assert_eq!(again, created.value);
+//! # Ok(())
+//! # }
+//! ```
 
+/// The generated `todo.v1` messages and client.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("todo.v1");
+}
+
+use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
-use crate::error::IDEMPOTENCY_KEY_REUSED;
-use crate::proto;
-use crate::proto::todo_service_client::TodoServiceClient;
+pub use proto::todo_service_client::TodoServiceClient;
+pub use tonic::transport::Channel;
 
 /// The response header that marks a replayed answer.
 const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// `google.rpc.ErrorInfo.reason` when an idempotency key comes back with a different request.
+pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+
+/// Any error, as tonic's transports report them.
+type StdError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// How long and how often one logical call is tried.
 #[derive(Debug, Clone)]
@@ -240,15 +276,52 @@ pub fn code_of(status: &Status) -> Code {
     }
 }
 
-/// TodoService with safe retries. Cheap to clone (the channel is shared).
+/// Where the bearer token of each attempt comes from.
+#[derive(Clone)]
+enum Credentials {
+    /// No `authorization` metadata.
+    None,
+    /// `Bearer <token>`, fixed when the client was built.
+    Fixed(AsciiMetadataValue),
+    /// Called before every attempt for the current token.
+    Provider(Arc<dyn Fn() -> String + Send + Sync>),
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "None",
+            Self::Fixed(_) => "Fixed(..)",
+            Self::Provider(_) => "Provider(..)",
+        })
+    }
+}
+
+impl Credentials {
+    /// The `authorization` value of the next attempt, if any.
+    fn authorization(&self) -> Result<Option<AsciiMetadataValue>, InvalidToken> {
+        match self {
+            Self::None => Ok(None),
+            Self::Fixed(value) => Ok(Some(value.clone())),
+            Self::Provider(provider) => bearer(provider().trim()).map(Some),
+        }
+    }
+}
+
+fn bearer(token: &str) -> Result<AsciiMetadataValue, InvalidToken> {
+    format!("Bearer {token}").parse().map_err(|_| InvalidToken)
+}
+
+/// TodoService with safe retries, over the transport `T` (a [`Channel`] by default, or any
+/// tower service tonic's generated client accepts). Cheap to clone (the transport is shared).
 #[derive(Debug, Clone)]
-pub struct TodoClient {
-    /// The generated client over the shared channel.
-    inner: TodoServiceClient<Channel>,
+pub struct TodoClient<T = Channel> {
+    /// The generated client over the shared transport.
+    inner: TodoServiceClient<T>,
     /// How calls are retried.
     policy: RetryPolicy,
-    /// `Bearer <token>`, sent as `authorization` when set.
-    authorization: Option<AsciiMetadataValue>,
+    /// The bearer token each attempt sends as `authorization`.
+    credentials: Credentials,
 }
 
 /// A bearer token that cannot be sent as metadata (not visible ASCII).
@@ -256,13 +329,19 @@ pub struct TodoClient {
 #[error("the token is not a valid metadata value (visible ASCII only)")]
 pub struct InvalidToken;
 
-impl TodoClient {
-    /// A client over `channel` with the default [`RetryPolicy`].
-    pub fn new(channel: Channel) -> Self {
+impl<T> TodoClient<T>
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone,
+    T::Error: Into<StdError>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<StdError> + Send,
+{
+    /// A client over `transport` with the default [`RetryPolicy`].
+    pub fn new(transport: T) -> Self {
         Self {
-            inner: TodoServiceClient::new(channel),
+            inner: TodoServiceClient::new(transport),
             policy: RetryPolicy::default(),
-            authorization: None,
+            credentials: Credentials::None,
         }
     }
 
@@ -274,11 +353,19 @@ impl TodoClient {
 
     /// The same client, sending `authorization: Bearer <token>`.
     pub fn with_token(mut self, token: &str) -> Result<Self, InvalidToken> {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| InvalidToken)?;
-        self.authorization = Some(value);
+        self.credentials = Credentials::Fixed(bearer(token)?);
         Ok(self)
+    }
+
+    /// The same client, sending `authorization: Bearer <token>` with the token `provider`
+    /// returns, asked again before every attempt (surrounding whitespace is trimmed). A token
+    /// that is not visible ASCII fails the call as UNAUTHENTICATED, unsent.
+    pub fn with_token_provider(
+        mut self,
+        provider: impl Fn() -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.credentials = Credentials::Provider(Arc::new(provider));
+        self
     }
 
     /// Creates a todo (one logical write, with a fresh key).
@@ -339,6 +426,30 @@ impl TodoClient {
         .map(drop)
     }
 
+    /// Marks the caller's todos with `ids` completed, all of them or none (one logical write,
+    /// with the key of `options` or a fresh one); answers them in the order of `ids`.
+    pub async fn complete_todos(
+        &self,
+        ids: Vec<String>,
+        options: CallOptions,
+    ) -> Result<Written<Vec<proto::Todo>>, CallError> {
+        let request = proto::CompleteTodosRequest {
+            ids,
+            ..proto::CompleteTodosRequest::default()
+        };
+        let written = self
+            .write(request, options, |mut client, request| async move {
+                client.complete_todos(request).await
+            })
+            .await?;
+        Ok(Written {
+            value: written.value.todos,
+            replayed: written.replayed,
+            idempotency_key: written.idempotency_key,
+            attempts: written.attempts,
+        })
+    }
+
     /// Reads one todo.
     pub async fn get_todo(&self, id: &str, options: CallOptions) -> Result<proto::Todo, CallError> {
         let request = proto::GetTodoRequest { id: id.to_owned() };
@@ -371,16 +482,16 @@ impl TodoClient {
             .map_or(budget, |deadline| deadline.min(budget))
     }
 
-    async fn write<Req, F, Fut>(
+    async fn write<Req, Resp, F, Fut>(
         &self,
         request: Req,
         options: CallOptions,
         send: F,
-    ) -> Result<Written<proto::Todo>, CallError>
+    ) -> Result<Written<Resp>, CallError>
     where
         Req: Clone,
-        F: FnMut(TodoServiceClient<Channel>, Request<Req>) -> Fut,
-        Fut: Future<Output = Result<Response<proto::Todo>, Status>>,
+        F: FnMut(TodoServiceClient<T>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let deadline = self.deadline(&options);
         let key = options
@@ -409,7 +520,7 @@ impl TodoClient {
     ) -> Result<(Response<Resp>, Attempts), CallError>
     where
         Req: Clone,
-        F: FnMut(TodoServiceClient<Channel>, Request<Req>) -> Fut,
+        F: FnMut(TodoServiceClient<T>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let key_value = match idempotency_key.map(str::parse::<AsciiMetadataValue>) {
@@ -436,10 +547,19 @@ impl TodoClient {
                     .metadata_mut()
                     .insert("idempotency-key", value.clone());
             }
-            if let Some(value) = &self.authorization {
-                attempt
-                    .metadata_mut()
-                    .insert("authorization", value.clone());
+            match self.credentials.authorization() {
+                Ok(Some(value)) => {
+                    attempt.metadata_mut().insert("authorization", value);
+                }
+                Ok(None) => {}
+                Err(InvalidToken) => {
+                    return Err(CallError::from_final(
+                        Status::unauthenticated(
+                            "the token provider returned a token that is not visible ASCII",
+                        ),
+                        idempotency_key,
+                    ));
+                }
             }
             attempts.count += 1;
             let attempt_deadline = now + attempt_timeout;
@@ -528,18 +648,48 @@ mod tests {
     }
 
     #[test]
+    fn a_token_provider_is_asked_before_every_attempt() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let credentials = Credentials::Provider(Arc::new(move || {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            format!("token-{n}\n")
+        }));
+        for n in 0..2 {
+            let value = credentials
+                .authorization()
+                .expect("valid")
+                .expect("a value");
+            assert_eq!(value, format!("Bearer token-{n}").as_str());
+        }
+        let bad = Credentials::Provider(Arc::new(|| "caf\u{e9}".to_owned()));
+        assert!(bad.authorization().is_err());
+        assert!(Credentials::None.authorization().expect("none").is_none());
+    }
+
+    #[test]
     fn key_reuse_and_bad_fields_are_typed() {
-        let reused: Status = crate::error::ServiceError::IdempotencyKeyReused.into();
+        let reused = Status::with_error_details(
+            Code::FailedPrecondition,
+            "reused",
+            tonic_types::ErrorDetails::with_error_info(
+                IDEMPOTENCY_KEY_REUSED,
+                "todo.v1.TodoService",
+                std::collections::HashMap::new(),
+            ),
+        );
         assert!(matches!(
             CallError::from_final(reused, Some("k")),
             CallError::KeyReused { idempotency_key, .. } if idempotency_key == "k"
         ));
-        let invalid: Status =
-            crate::error::ServiceError::InvalidArgument(vec![crate::domain::FieldViolation::new(
+        let invalid = Status::with_error_details(
+            Code::InvalidArgument,
+            "invalid",
+            tonic_types::ErrorDetails::with_bad_request_violation(
                 "todo.title",
                 "must not be empty",
-            )])
-            .into();
+            ),
+        );
         match CallError::from_final(invalid, None) {
             CallError::InvalidArgument { violations, .. } => {
                 assert_eq!(violations[0].field, "todo.title");
