@@ -243,6 +243,9 @@ export interface ClientOptions {
   baseUrl: string;
   /** A bearer token, sent as `authorization: Bearer <token>`. */
   token?: string;
+  /** Or a function returning the current token, asked again before every attempt (a rotating
+   * credential, such as a projected service-account token re-read from disk). */
+  tokenProvider?: () => string | Promise<string>;
   /** PEM CA certificate(s) to trust for TLS (default: the system's). */
   ca?: string | Buffer;
   retryPolicy?: Partial<RetryPolicy>;
@@ -269,9 +272,12 @@ function finalError(err: ConnectError, attempts: Attempts, key: string | undefin
 export class TodoClient {
   private readonly client: Client<typeof TodoService>;
   private readonly policy: RetryPolicy;
-  private readonly token?: string;
+  private readonly tokenProvider?: () => string | Promise<string>;
 
   constructor(options: ClientOptions) {
+    if (options.token !== undefined && options.tokenProvider !== undefined) {
+      throw new TypeError("pass token or tokenProvider, not both");
+    }
     const transport =
       options.transport ??
       createGrpcTransport({
@@ -280,7 +286,8 @@ export class TodoClient {
       });
     this.client = createClient(TodoService, transport);
     this.policy = { ...DEFAULT_RETRY_POLICY, ...options.retryPolicy };
-    this.token = options.token;
+    const token = options.token;
+    this.tokenProvider = options.tokenProvider ?? (token === undefined ? undefined : () => token);
   }
 
   /** Creates a todo: one logical write, with a fresh key unless `choices.idempotencyKey`. */
@@ -324,7 +331,15 @@ export class TodoClient {
     await this.call(choices, undefined, (options) => this.client.deleteTodo({ id, etag }, options));
   }
 
-  private async write(choices: CallChoices, send: (options: CallOptions) => Promise<Todo>): Promise<Written<Todo>> {
+  /** Marks the caller's todos with `ids` completed, all of them or none (one logical write);
+   * answers them in the order of `ids`. An id that is not the caller's todo: RejectedError
+   * (NOT_FOUND), and nothing changed. */
+  async completeTodos(ids: string[], choices: CallChoices = {}): Promise<Written<Todo[]>> {
+    const written = await this.write(choices, (options) => this.client.completeTodos({ ids }, options));
+    return { ...written, value: written.value.todos };
+  }
+
+  private async write<T>(choices: CallChoices, send: (options: CallOptions) => Promise<T>): Promise<Written<T>> {
     const key = choices.idempotencyKey ?? uuidv7();
     let replayed = false;
     const { value, attempts } = await this.call(choices, key, (options) =>
@@ -345,11 +360,13 @@ export class TodoClient {
   ): Promise<{ value: T; attempts: Attempts }> {
     const policy = this.policy;
     const end = Math.min(Date.now() + policy.budgetMs, choices.deadline ?? Infinity);
-    const headers: Record<string, string> = {};
-    if (key !== undefined) headers["idempotency-key"] = key;
-    if (this.token !== undefined) headers["authorization"] = `Bearer ${this.token}`;
     const attempts: Attempts = { count: 0, failures: [] };
     for (;;) {
+      const headers: Record<string, string> = {};
+      if (key !== undefined) headers["idempotency-key"] = key;
+      if (this.tokenProvider !== undefined) {
+        headers["authorization"] = `Bearer ${(await this.tokenProvider()).trim()}`;
+      }
       const timeoutMs = Math.max(1, Math.min(policy.attemptTimeoutMs, end - Date.now()));
       attempts.count += 1;
       try {

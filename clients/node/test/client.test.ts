@@ -140,3 +140,56 @@ test("the caller's abort signal stops the retries", async () => {
   assert.ok(err.idempotencyKey, "the key to retry with later");
   assert.ok(Date.now() - started < 1000, "stopped at the abort, not at the 30 s budget");
 });
+
+test("completeTodos completes every id in order, all or none, and replays with its key", async () => {
+  const client = new TodoClient({ baseUrl: `http://${server.addr}` });
+  const a = (await client.createTodo({ title: "a" })).value;
+  const b = (await client.createTodo({ title: "b" })).value;
+  const done = await client.completeTodos([b.id, a.id]);
+  assert.deepEqual(done.value.map((todo) => todo.id), [b.id, a.id]);
+  assert.ok(done.value.every((todo) => todo.completed));
+  assert.equal(done.replayed, false);
+  const again = await client.completeTodos([b.id, a.id], { idempotencyKey: done.idempotencyKey });
+  assert.equal(again.replayed, true);
+  await assert.rejects(client.completeTodos([a.id, "01890a5d-ac96-774b-bcce-b302099a8057"]), (err: unknown) => {
+    assert.ok(err instanceof RejectedError);
+    assert.equal(err.code, Code.NotFound);
+    return true;
+  });
+});
+
+test("a tokenProvider is asked for the current token before every call", async () => {
+  const { createHash } = await import("node:crypto");
+  const { mkdtempSync, writeFileSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const tokens: Record<string, string> = { alice: "alice-secret-1", bob: "bob-secret-2" };
+  const file = join(mkdtempSync(join(tmpdir(), "todo-tokens-")), "tokens");
+  writeFileSync(
+    file,
+    Object.entries(tokens)
+      .map(([caller, token]) => `${caller} ${createHash("sha256").update(token).digest("hex")}\n`)
+      .join(""),
+  );
+  const guarded = await startServer("--tokens-file", file);
+  try {
+    assert.throws(() => new TodoClient({ baseUrl: "http://x", token: "a", tokenProvider: () => "b" }), TypeError);
+    let current = tokens.alice;
+    const client = new TodoClient({ baseUrl: `http://${guarded.addr}`, tokenProvider: async () => current });
+    const alices = (await client.createTodo({ title: "alice's" })).value;
+    current = tokens.bob; // the credential rotates under the running client
+    await assert.rejects(client.getTodo(alices.id), (err: unknown) => {
+      assert.ok(err instanceof RejectedError);
+      assert.equal(err.code, Code.NotFound);
+      return true;
+    });
+    current = "revoked";
+    await assert.rejects(client.createTodo({ title: "nobody's" }), (err: unknown) => {
+      assert.ok(err instanceof RejectedError);
+      assert.equal(err.code, Code.Unauthenticated);
+      return true;
+    });
+  } finally {
+    await guarded.stop();
+  }
+});

@@ -10,7 +10,7 @@ import { test } from "node:test";
 
 import { binary } from "./server.js";
 
-const workload = join(dirname(fileURLToPath(import.meta.url)), "..", "src", "workload.js");
+const workload = join(dirname(fileURLToPath(import.meta.url)), "workload.js");
 
 for (const scenario of ["cut-after-headers", "cut-before-headers", "postgres-outage", "server-restart"]) {
   for (const retries of ["on", "off"]) {

@@ -1,9 +1,9 @@
-"""Fixtures: generated code, the real server binary on a free port, and a TCP proxy that loses
-responses."""
+"""Fixtures: the real server binary on a free port, and a TCP proxy that loses responses. The
+client under test is the installed `todo-client` package (CI installs the built wheel into a
+fresh venv), never the source tree."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import socket
@@ -15,16 +15,6 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-import generate  # noqa: E402
-
-generate.main()
-# pytest.ini puts ./generated on sys.path, but it may not have existed until now.
-sys.path_importer_cache.pop(str(generate.OUT), None)
-if str(generate.OUT) not in sys.path:
-    sys.path.insert(0, str(generate.OUT))
-importlib.invalidate_caches()
-
 REPO = HERE.parents[2]
 
 

@@ -18,8 +18,8 @@ from todo_client import (
     RetryPolicy,
     TodoClient,
     load_service_config,
+    todo_pb2,
 )
-from todo.v1 import todo_pb2
 
 
 def error_details(error: grpc.RpcError, kind):
@@ -196,3 +196,59 @@ def test_the_callers_deadline_bounds_the_retries():
         grpc.StatusCode.DEADLINE_EXCEEDED,
     )
     assert elapsed < 1.2, elapsed
+
+
+def test_the_client_under_test_is_the_installed_package():
+    """CI installs the built wheel into a fresh venv; the source tree is not on sys.path."""
+    import json
+    from pathlib import Path
+
+    import todo_client
+
+    assert "site-packages" in todo_client.__file__, todo_client.__file__
+    repo_config = Path(__file__).resolve().parents[2] / "service-config.json"
+    assert json.loads(load_service_config()) == json.loads(repo_config.read_text())
+
+
+def test_complete_todos_completes_all_in_order_and_replays_with_its_key(client):
+    a = client.create_todo("a").todo
+    b = client.create_todo("b").todo
+    done = client.complete_todos([b.id, a.id])
+    assert [todo.id for todo in done.todos] == [b.id, a.id]
+    assert all(todo.completed for todo in done.todos)
+    assert not done.replayed
+    again = client.complete_todos([b.id, a.id], idempotency_key=done.idempotency_key)
+    assert again.replayed
+    assert again.todos == done.todos
+    with pytest.raises(RejectedError) as missing:
+        client.complete_todos([a.id, str(uuid.uuid4())])
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_token_provider_is_asked_for_the_current_token_before_every_call(tmp_path):
+    import hashlib
+
+    from conftest import Server
+
+    tokens = {"alice": "alice-secret-1", "bob": "bob-secret-2"}
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(
+        "".join(f"{caller} {hashlib.sha256(t.encode()).hexdigest()}\n" for caller, t in tokens.items())
+    )
+    server = Server(tmp_path, "--tokens-file", str(tokens_file))
+    try:
+        current = [tokens["alice"]]
+        with pytest.raises(ValueError):
+            TodoClient(server.addr, token="x", token_provider=lambda: "y")
+        with TodoClient(server.addr, token_provider=lambda: current[0]) as client:
+            alices = client.create_todo("alice's").todo
+            current[0] = tokens["bob"]  # the credential rotates under the running client
+            with pytest.raises(RejectedError) as hidden:
+                client.get_todo(alices.id)
+            assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+            current[0] = "revoked"
+            with pytest.raises(RejectedError) as refused:
+                client.create_todo("nobody's")
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        server.stop()

@@ -16,7 +16,7 @@ import pytest
 from conftest import workspace_binary
 
 HERE = Path(__file__).resolve().parent
-WORKLOAD = f"{shlex.quote(sys.executable)} {shlex.quote(str(HERE.parent / 'workload.py'))}"
+WORKLOAD = f"{shlex.quote(sys.executable)} {shlex.quote(str(HERE / 'workload.py'))}"
 
 
 def faults_binary() -> Path:

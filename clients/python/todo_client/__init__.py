@@ -13,7 +13,11 @@
   named), `RejectedError` (NOT_FOUND, ABORTED, UNAUTHENTICATED, ...). When time runs out,
   `OutcomeUnknownError` carries the key to retry the write with later. All are
   `grpc.RpcError`s (`code()`, `details()`, `trailing_metadata()` of the last attempt).
-- The channel also carries the recommended service config (../service-config.json).
+- The channel also carries the recommended service config (shipped in the package as
+  `service-config.json`, a copy of the repository's `clients/service-config.json`).
+- The bearer token is fixed (`token=`) or asked for before every attempt (`token_provider=`, a
+  function returning the current token), so a rotating credential (a projected
+  service-account token re-read from disk) works without a new client.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 from typing import Callable, Iterator, Optional, Sequence
 
 import grpc
@@ -31,9 +35,24 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from todo.v1 import todo_pb2, todo_pb2_grpc
+from todo_client._proto.todo.v1 import todo_pb2, todo_pb2_grpc
 
-SERVICE_CONFIG_PATH = Path(__file__).resolve().parents[2] / "service-config.json"
+__all__ = [
+    "CompleteResult",
+    "InvalidArgumentError",
+    "KeyReusedError",
+    "OutcomeUnknownError",
+    "RejectedError",
+    "RetryPolicy",
+    "TodoCallError",
+    "TodoClient",
+    "WriteResult",
+    "is_retryable",
+    "load_service_config",
+    "todo_pb2",
+    "todo_pb2_grpc",
+]
+
 REPLAYED_HEADER = "idempotent-replayed"
 KEY_REUSED_REASON = "IDEMPOTENCY_KEY_REUSED"
 
@@ -162,9 +181,11 @@ def _final(error: grpc.RpcError, attempts: int, key: Optional[str]) -> TodoCallE
     return RejectedError(error, attempts)
 
 
-def load_service_config(path: Path = SERVICE_CONFIG_PATH) -> str:
-    """The service config JSON, compacted, for the `grpc.service_config` channel option."""
-    return json.dumps(json.loads(path.read_text()))
+def load_service_config() -> str:
+    """The recommended service config JSON (shipped in this package), compacted, for the
+    `grpc.service_config` channel option."""
+    text = (resources.files("todo_client") / "service-config.json").read_text()
+    return json.dumps(json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -179,6 +200,17 @@ class WriteResult:
     """The code of each failed attempt, in order."""
 
 
+@dataclass(frozen=True)
+class CompleteResult:
+    """CompleteTodos' answer: the todos in request order, whether it was a replay, the key."""
+
+    todos: list
+    """The `todo_pb2.Todo`s after the change, in the order of the request's ids."""
+    replayed: bool
+    idempotency_key: str
+    attempts: int = 1
+
+
 class TodoClient:
     """TodoService over one channel. Use as a context manager, or call close()."""
 
@@ -187,10 +219,13 @@ class TodoClient:
         target: str,
         *,
         token: Optional[str] = None,
+        token_provider: Optional[Callable[[], str]] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
         service_config: Optional[str] = None,
         retry_policy: Optional[RetryPolicy] = None,
     ) -> None:
+        if token is not None and token_provider is not None:
+            raise ValueError("pass token or token_provider, not both")
         self._policy = retry_policy or RetryPolicy()
         options = [
             ("grpc.service_config", service_config or load_service_config()),
@@ -205,7 +240,9 @@ class TodoClient:
         else:
             self._channel = grpc.secure_channel(target, credentials, options=options)
         self._stub = todo_pb2_grpc.TodoServiceStub(self._channel)
-        self._token = token
+        self._token_provider: Optional[Callable[[], str]] = (
+            token_provider if token is None else (lambda: token)
+        )
 
     def __enter__(self) -> "TodoClient":
         return self
@@ -218,8 +255,9 @@ class TodoClient:
 
     def _metadata(self, idempotency_key: Optional[str] = None) -> list[tuple[str, str]]:
         metadata = []
-        if self._token is not None:
-            metadata.append(("authorization", f"Bearer {self._token}"))
+        if self._token_provider is not None:
+            # Asked again for every attempt: the credential may have rotated since.
+            metadata.append(("authorization", f"Bearer {self._token_provider().strip()}"))
         if idempotency_key is not None:
             metadata.append(("idempotency-key", idempotency_key))
         return metadata
@@ -305,6 +343,24 @@ class TodoClient:
             update_mask=field_mask_pb2.FieldMask(paths=list(update_mask or [])),
         )
         return self._write(self._stub.UpdateTodo, request, idempotency_key, deadline)
+
+    def complete_todos(
+        self,
+        ids: Sequence[str],
+        *,
+        idempotency_key: Optional[str] = None,
+        deadline: Optional[float] = None,
+    ) -> CompleteResult:
+        """Marks the caller's todos with `ids` completed, all of them or none (NOT_FOUND, as a
+        `RejectedError`, if one is not the caller's)."""
+        request = todo_pb2.CompleteTodosRequest(ids=list(ids))
+        written = self._write(self._stub.CompleteTodos, request, idempotency_key, deadline)
+        return CompleteResult(
+            todos=list(written.todo.todos),
+            replayed=written.replayed,
+            idempotency_key=written.idempotency_key,
+            attempts=written.attempts,
+        )
 
     def get_todo(self, todo_id: str) -> todo_pb2.Todo:
         return self._call(self._stub.GetTodo, todo_pb2.GetTodoRequest(id=todo_id))[0]

@@ -1,5 +1,5 @@
 """The shared fault scenario's workload (see `todo-faults --help`): TODO_WRITES logical creates
-titled `{TODO_PREFIX}-{i}`, TODO_CONCURRENCY at a time, through the client in todo_client;
+titled `{TODO_PREFIX}-{i}`, TODO_CONCURRENCY at a time, through the installed todo_client;
 prints the report as the last line of stdout. TODO_RETRIES=off turns every retry off (the
 client's and the channel's): the control run."""
 
@@ -11,12 +11,7 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE / "generated")]
-
-from todo_client import RetryPolicy, TodoClient, TodoCallError  # noqa: E402
+from todo_client import RetryPolicy, TodoClient, TodoCallError
 
 NO_RETRY_CONFIG = '{"methodConfig": [{"name": [{"service": "todo.v1.TodoService"}]}]}'
 

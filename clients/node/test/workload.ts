@@ -4,7 +4,7 @@
 
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { Code, NO_RETRIES, TodoCallError, TodoClient } from "./client.js";
+import { Code, NO_RETRIES, TodoCallError, TodoClient } from "../src/index.js";
 
 const env = (name: string): string => {
   const value = process.env[name];
