@@ -308,7 +308,11 @@ impl Credentials {
     }
 }
 
+/// `Bearer <token>`; the token must be visible ASCII (`http` would take other bytes too).
 fn bearer(token: &str) -> Result<AsciiMetadataValue, InvalidToken> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(InvalidToken);
+    }
     format!("Bearer {token}").parse().map_err(|_| InvalidToken)
 }
 
@@ -326,7 +330,7 @@ pub struct TodoClient<T = Channel> {
 
 /// A bearer token that cannot be sent as metadata (not visible ASCII).
 #[derive(Debug, thiserror::Error)]
-#[error("the token is not a valid metadata value (visible ASCII only)")]
+#[error("the token is empty or not visible ASCII")]
 pub struct InvalidToken;
 
 impl<T> TodoClient<T>
@@ -359,7 +363,7 @@ where
 
     /// The same client, sending `authorization: Bearer <token>` with the token `provider`
     /// returns, asked again before every attempt (surrounding whitespace is trimmed). A token
-    /// that is not visible ASCII fails the call as UNAUTHENTICATED, unsent.
+    /// that is empty or not visible ASCII fails the call as UNAUTHENTICATED, unsent.
     pub fn with_token_provider(
         mut self,
         provider: impl Fn() -> String + Send + Sync + 'static,
@@ -555,7 +559,7 @@ where
                 Err(InvalidToken) => {
                     return Err(CallError::from_final(
                         Status::unauthenticated(
-                            "the token provider returned a token that is not visible ASCII",
+                            "the token provider returned a token that is empty or not visible ASCII",
                         ),
                         idempotency_key,
                     ));
@@ -662,8 +666,11 @@ mod tests {
                 .expect("a value");
             assert_eq!(value, format!("Bearer token-{n}").as_str());
         }
-        let bad = Credentials::Provider(Arc::new(|| "caf\u{e9}".to_owned()));
-        assert!(bad.authorization().is_err());
+        for bad in ["caf\u{e9}", "", "two words"] {
+            let provider = Credentials::Provider(Arc::new(move || bad.to_owned()));
+            assert!(provider.authorization().is_err(), "{bad:?}");
+            assert!(bearer(bad).is_err(), "{bad:?}");
+        }
         assert!(Credentials::None.authorization().expect("none").is_none());
     }
 

@@ -204,6 +204,12 @@ impl Idempotency {
         let now = Timestamp::now();
         let cutoff = self.retention.get().cutoff(now);
         let bytes = response.encode_to_vec();
+        // The rule the SQLite statement relies on (`statements.rs`): no other call's response
+        // can equal this one, because it names the row's fresh id.
+        debug_assert!(
+            row.is_named_in(&bytes),
+            "a keyed insert's response must carry the new row's id"
+        );
         let insert = || KeyedInsert {
             request,
             response: bytes.clone(),

@@ -44,6 +44,20 @@ impl NewRow {
             .join(", ")
     }
 
+    /// Whether `response` (an encoded response) carries one of the row's UUIDs in its text
+    /// form: a freshly generated id, so no other call's response can be equal to it.
+    pub fn is_named_in(&self, response: &[u8]) -> bool {
+        self.values.iter().any(|value| match value {
+            Value::Uuid(Some(uuid)) => {
+                let text = uuid.hyphenated().to_string();
+                response
+                    .windows(text.len())
+                    .any(|window| window == text.as_bytes())
+            }
+            _ => false,
+        })
+    }
+
     pub fn into_values(self) -> Vec<Value> {
         self.values
     }
@@ -91,6 +105,14 @@ mod tests {
             sqlite.values.map(|values| values.0),
             Some(vec![Value::from(7_i64), Value::from("seven")])
         );
+    }
+
+    #[test]
+    fn a_response_names_the_row_by_its_uuid() {
+        let id = uuid::Uuid::now_v7();
+        let row = NewRow::new("things", vec!["id"], vec![Value::from(id)]);
+        assert!(row.is_named_in(format!("\n$${id}\x12").as_bytes()));
+        assert!(!row.is_named_in(b"a response of another call"));
     }
 
     #[test]

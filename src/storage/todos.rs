@@ -164,7 +164,8 @@ pub fn delete_todo(owner: &Caller, id: TodoId, read_revision: Option<i64>) -> Ch
 }
 
 /// The caller's todos among `ids`, read for a write with `lock` (those that do not exist, or
-/// are another caller's, are not among them; any order).
+/// are another caller's, are not among them), in id order: writers that lock overlapping sets
+/// take the row locks in one order, so they queue instead of deadlocking.
 pub async fn find_todos_to_write<C: ConnectionTrait>(
     db: &C,
     owner: &Caller,
@@ -173,7 +174,8 @@ pub async fn find_todos_to_write<C: ConnectionTrait>(
 ) -> Result<Vec<Todo>, StorageError> {
     let mut find = Entity::find()
         .filter(Column::Owner.eq(owner.as_str()))
-        .filter(Column::Id.is_in(ids.iter().map(TodoId::as_uuid)));
+        .filter(Column::Id.is_in(ids.iter().map(TodoId::as_uuid)))
+        .order_by_asc(Column::Id);
     if lock == RowLock::ForUpdate {
         find = find.lock_exclusive();
     }
