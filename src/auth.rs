@@ -6,10 +6,13 @@
 //! billing       9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 //! ```
 //!
-//! Blank lines and lines starting with `#` are ignored. `todo-server hash-token` prints the
-//! hash of a token read from standard input.
+//! Blank lines and lines starting with `#` are ignored. A caller may be listed on several lines
+//! with different tokens: an old and a new token overlap while callers rotate. `todo-server
+//! hash-token` prints the hash of a token read from standard input. The server re-reads the
+//! file while it runs ([`CurrentTokens`], `reload.rs`).
 
 use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -67,11 +70,21 @@ pub fn hash_token(token: &str) -> String {
 impl CallerTokens {
     /// The callers of a tokens file; a file that names none is refused.
     pub fn load(path: &Path) -> Result<Self, TokensFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokensFileError::Read {
+        let text = std::fs::read(path).map_err(|source| TokensFileError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        let tokens = Self::parse(&text)?;
+        Self::from_file_contents(&text, path)
+    }
+
+    /// The callers of the tokens file `path` whose contents are `bytes`; a file that is not
+    /// UTF-8, does not parse or names no caller is refused.
+    pub fn from_file_contents(bytes: &[u8], path: &Path) -> Result<Self, TokensFileError> {
+        let text = std::str::from_utf8(bytes).map_err(|err| TokensFileError::Read {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, err),
+        })?;
+        let tokens = Self::parse(text)?;
         if tokens.is_empty() {
             return Err(TokensFileError::NoCallers {
                 path: path.display().to_string(),
@@ -107,11 +120,15 @@ impl CallerTokens {
             hex::decode_to_slice(hash, &mut digest).map_err(|_| {
                 error("the hash must be 64 hex digits (SHA-256 of the token)".to_owned())
             })?;
-            if entries.iter().any(|(known, _)| known == &caller) {
-                return Err(error(format!("caller {} appears twice", caller.as_str())));
-            }
-            if entries.iter().any(|(_, known)| known == &digest) {
-                return Err(error("two callers share one token".to_owned()));
+            match entries.iter().find(|(_, known)| known == &digest) {
+                Some((owner, _)) if owner == &caller => {
+                    return Err(error(format!(
+                        "the same token is listed twice for caller {}",
+                        caller.as_str()
+                    )));
+                }
+                Some(_) => return Err(error("two callers share one token".to_owned())),
+                None => {}
             }
             entries.push((caller, digest));
         }
@@ -120,6 +137,14 @@ impl CallerTokens {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// How many callers the file names (a caller with several tokens counts once).
+    pub fn callers(&self) -> usize {
+        let mut callers: Vec<&Caller> = self.entries.iter().map(|(caller, _)| caller).collect();
+        callers.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        callers.dedup();
+        callers.len()
     }
 
     /// The caller of a request, from its `authorization` metadata value (if any; the guard
@@ -139,6 +164,27 @@ impl CallerTokens {
             }
         }
         found.cloned().ok_or(AuthError::Unknown)
+    }
+}
+
+/// The tokens in force: replaced whole when the tokens file is re-read. A call authenticates
+/// against the set that was in force when it arrived.
+#[derive(Debug, Clone, Default)]
+pub struct CurrentTokens(Arc<RwLock<Arc<CallerTokens>>>);
+
+impl CurrentTokens {
+    pub fn new(tokens: CallerTokens) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(tokens))))
+    }
+
+    /// The set in force now.
+    pub fn get(&self) -> Arc<CallerTokens> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts `tokens` in force for every call that arrives from now on.
+    pub fn replace(&self, tokens: CallerTokens) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
     }
 }
 
@@ -234,13 +280,44 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_may_hold_an_old_and_a_new_token_at_once() {
+        let tokens = CallerTokens::parse(&format!(
+            "alice {}\nalice {}\nbob {}",
+            hash_token("old"),
+            hash_token("new"),
+            hash_token("bob's")
+        ))
+        .unwrap();
+        let alice = Caller::parse("alice").unwrap();
+        assert_eq!(tokens.authenticate(Some(b"Bearer old")).unwrap(), alice);
+        assert_eq!(tokens.authenticate(Some(b"Bearer new")).unwrap(), alice);
+        assert_eq!(tokens.callers(), 2);
+    }
+
+    #[test]
+    fn a_replaced_set_is_in_force_for_the_next_call() {
+        let current = CurrentTokens::new(tokens());
+        let before = current.get();
+        current.replace(CallerTokens::parse(&format!("carol {}", hash_token("c"))).unwrap());
+        assert!(
+            before.authenticate(Some(b"Bearer alice-token")).is_ok(),
+            "kept by its holder"
+        );
+        assert_eq!(
+            current.get().authenticate(Some(b"Bearer alice-token")),
+            Err(AuthError::Unknown)
+        );
+        assert!(current.get().authenticate(Some(b"Bearer c")).is_ok());
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_line() {
         for bad in [
             "alice",
             "alice 1234",
             &format!("alice {} extra", hash_token("x")),
             &format!("al ice{}", hash_token("x")),
-            &format!("alice {}\nalice {}", hash_token("x"), hash_token("y")),
+            &format!("alice {}\nalice {}", hash_token("x"), hash_token("x")),
             &format!("alice {}\nbob {}", hash_token("x"), hash_token("x")),
         ] {
             assert!(CallerTokens::parse(bad).is_err(), "{bad:?} was accepted");

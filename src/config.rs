@@ -193,10 +193,16 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// File of callers and the SHA-256 of their bearer tokens (`<caller-id> <sha256-hex>` per
-    /// line). With it, every TodoService call needs `authorization: Bearer <token>`; without
-    /// it, every caller is "anonymous".
+    /// line; a caller may have several lines, so old and new tokens overlap). With it, every
+    /// TodoService call needs `authorization: Bearer <token>`; without it, every caller is
+    /// "anonymous". Re-read on SIGHUP and when it changes (--tokens-reload-interval); a version
+    /// that does not parse is refused and the last good one stays in force.
     #[arg(long, env = "TODO_TOKENS_FILE", global = true)]
     pub tokens_file: Option<PathBuf>,
+
+    /// How often the tokens file is checked for changes.
+    #[arg(long, env = "TODO_TOKENS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub tokens_reload_interval: Duration,
 
     /// Allow serving anonymous callers (no --tokens-file) on a non-loopback address. Without
     /// it the server refuses to start that way.

@@ -12,6 +12,7 @@
 //!   serves TodoService, health and reflection until the caller's shutdown signal.
 //! - [`config`]: the clap `Config` (`--help` is the reference).
 //! - [`auth`]: callers and their bearer tokens (the tokens file).
+//! - [`reload`]: files re-read while serving (the tokens file, on SIGHUP and on change).
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON logs; spans exported over OTLP
 //!   when an endpoint is set).
 //! - [`ticker`]: the schedule of background tasks (health checks, key sweeper).
@@ -42,6 +43,7 @@ pub mod grpc;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;
+pub mod reload;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

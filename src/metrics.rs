@@ -61,6 +61,32 @@ impl Rejection {
     }
 }
 
+/// A configuration file re-read while the server runs (`todo_config_reloads_total{file,
+/// result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// The tokens file was re-read and put in force.
+    TokensApplied,
+    /// The tokens file could not be read or did not parse: the last good one stays.
+    TokensRejected,
+}
+
+impl Reload {
+    fn labels(self) -> ReloadLabels {
+        let (file, result) = match self {
+            Self::TokensApplied => ("tokens", "applied"),
+            Self::TokensRejected => ("tokens", "rejected"),
+        };
+        ReloadLabels { file, result }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    file: &'static str,
+    result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IdempotentLabels {
     method: &'static str,
@@ -106,6 +132,8 @@ pub struct Metrics {
     grpc_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     /// `todo_rejected_requests_total{reason}`.
     rejected_requests: Family<ReasonLabels, Counter>,
+    /// `todo_config_reloads_total{file, result}`.
+    config_reloads: Family<ReloadLabels, Counter>,
     /// `todo_idempotency_keys_swept_total`.
     swept_rows: Counter,
     /// `todo_idempotency_sweeps_total`.
@@ -156,6 +184,13 @@ impl Metrics {
             "TodoService calls refused before they ran, by reason (unauthenticated, metadata_too_large)",
             rejected_requests.clone(),
         );
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "todo_config_reloads",
+            "Configuration files re-read while serving, by file and result (applied; rejected: \
+             the last good one stays in force)",
+            config_reloads.clone(),
+        );
         let swept_rows = Counter::default();
         registry.register(
             "todo_idempotency_keys_swept",
@@ -186,6 +221,7 @@ impl Metrics {
             grpc_requests,
             grpc_latency,
             rejected_requests,
+            config_reloads,
             swept_rows,
             sweeps,
             sweep_duration,
@@ -234,6 +270,11 @@ impl Metrics {
                 reason: rejection.as_str(),
             })
             .inc();
+    }
+
+    /// A configuration file re-read (or refused) while serving.
+    pub fn record_reload(&self, reload: Reload) {
+        self.config_reloads.get_or_create(&reload.labels()).inc();
     }
 
     pub fn record_sweep(&self, report: SweepReport, duration: Duration) {

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
 
-use crate::auth::{CallerTokens, TokensFileError};
+use crate::auth::{CallerTokens, CurrentTokens, TokensFileError};
 use crate::config::{Config, MigrateAction};
 use crate::error::Chain;
 use crate::grpc::TodoApi;
@@ -26,6 +26,7 @@ use crate::idempotency::{
 };
 use crate::metrics::{self, Metrics};
 use crate::proto::{self, todo_service_server::TodoServiceServer};
+use crate::reload::{TokensFile, reload_tokens};
 use crate::storage::{MigrationState, Storage, StorageError};
 use crate::ticker::Ticker;
 
@@ -68,8 +69,10 @@ pub enum StartupError {
 
 /// Who may call, over what.
 struct Access {
-    /// The callers and their token hashes (`--tokens-file`; empty: anonymous).
-    tokens: Arc<CallerTokens>,
+    /// The callers and their token hashes in force (`--tokens-file`; empty: anonymous).
+    tokens: CurrentTokens,
+    /// The tokens file to re-read while serving, if there is one.
+    tokens_file: Option<TokensFile>,
     /// Serve over TLS (and require client certificates) when set.
     tls: Option<tonic::transport::ServerTlsConfig>,
 }
@@ -243,7 +246,11 @@ impl Application {
             return Err(StartupError::AnonymousNonLoopback(config.listen_addr));
         }
         let access = Access {
-            tokens: Arc::new(tokens),
+            tokens: CurrentTokens::new(tokens),
+            tokens_file: config.tokens_file.clone().map(|path| TokensFile {
+                path,
+                interval: config.tokens_reload_interval,
+            }),
             tls: tls_config(config)?,
         };
         let limits = Limits {
@@ -329,6 +336,14 @@ impl Application {
                 stopped.clone(),
             ));
         }
+        if let Some(file) = self.access.tokens_file.clone() {
+            tasks.spawn(reload_tokens(
+                file,
+                self.access.tokens.clone(),
+                Arc::clone(&self.metrics),
+                stopped.clone(),
+            ));
+        }
         if let Some((listener, addr)) = self.metrics_listener {
             tracing::info!(%addr, "serving metrics on /metrics");
             tasks.spawn(metrics::serve(
@@ -343,7 +358,7 @@ impl Application {
             addr = %self.local_addr,
             backend = ?self.storage.backend(),
             tls = self.access.tls.is_some(),
-            authenticated_callers = !self.access.tokens.is_empty(),
+            authenticated_callers = !self.access.tokens.get().is_empty(),
             "serving gRPC"
         );
         let limits = self.limits;

@@ -11,7 +11,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::Interceptor;
 use tonic::{Extensions, Request, Status};
 
-use crate::auth::{AuthError, CallerTokens};
+use crate::auth::{AuthError, CurrentTokens};
 use crate::domain::Caller;
 use crate::error::ServiceError;
 use crate::grpc::metadata::IDEMPOTENCY_KEY;
@@ -20,8 +20,8 @@ use crate::metrics::{Metrics, Rejection};
 /// The TodoService interceptor.
 #[derive(Debug, Clone)]
 pub struct RequestGuard {
-    /// The callers and their token hashes (empty: every caller is anonymous).
-    tokens: Arc<CallerTokens>,
+    /// The callers and their token hashes in force (empty: every caller is anonymous).
+    tokens: CurrentTokens,
     /// Largest request metadata accepted, as HTTP/2 counts it.
     max_metadata_bytes: usize,
     /// Where refused calls are counted.
@@ -29,11 +29,7 @@ pub struct RequestGuard {
 }
 
 impl RequestGuard {
-    pub fn new(
-        tokens: Arc<CallerTokens>,
-        max_metadata_bytes: usize,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(tokens: CurrentTokens, max_metadata_bytes: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             tokens,
             max_metadata_bytes,
@@ -85,7 +81,7 @@ impl Interceptor for RequestGuard {
         let authenticated = if several {
             Err(AuthError::Several)
         } else {
-            self.tokens.authenticate(authorization)
+            self.tokens.get().authenticate(authorization)
         };
         let caller = authenticated.map_err(|err| {
             let why = match err {
@@ -128,11 +124,11 @@ pub fn admitted(metadata: &MetadataMap, extensions: &Extensions) -> Result<Admit
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::hash_token;
+    use crate::auth::{CallerTokens, hash_token};
 
     fn guard(tokens: &str) -> RequestGuard {
         RequestGuard::new(
-            Arc::new(CallerTokens::parse(tokens).unwrap()),
+            CurrentTokens::new(CallerTokens::parse(tokens).unwrap()),
             1024,
             Arc::new(Metrics::new()),
         )

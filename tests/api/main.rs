@@ -18,6 +18,7 @@ mod list;
 mod migrate;
 mod operations;
 mod request_id;
+mod rotation;
 mod security;
 mod serializable;
 mod service;
