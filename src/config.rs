@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::auth::ClientCertIdentity;
 use crate::idempotency::{Retention, SweepSettings};
 use crate::storage::{DatabaseSettings, Isolation};
 use crate::telemetry::LogFormat;
@@ -75,6 +76,14 @@ fn log_format() -> impl TypedValueParser<Value = LogFormat> {
     PossibleValuesParser::new(["text", "json"]).map(|name| match name.as_str() {
         "json" => LogFormat::Json,
         _ => LogFormat::Text,
+    })
+}
+
+/// `--client-cert-identity`: `none` or `uri-san`, onto auth's type.
+fn client_cert_identity() -> impl TypedValueParser<Value = ClientCertIdentity> {
+    PossibleValuesParser::new(["none", "uri-san"]).map(|name| match name.as_str() {
+        "uri-san" => ClientCertIdentity::UriSan,
+        _ => ClientCertIdentity::Off,
     })
 }
 
@@ -221,6 +230,12 @@ pub struct Config {
     #[arg(long, env = "TODO_TLS_CLIENT_CA", requires = "tls_cert", global = true)]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// `uri-san`: a call without a bearer token is the caller its client certificate names in
+    /// its one URI SAN (a SPIFFE ID from Istio, Linkerd or SPIRE); a certificate with none or
+    /// several is refused. `none`: the certificate only gates the connection.
+    #[arg(long, env = "TODO_CLIENT_CERT_IDENTITY", value_parser = client_cert_identity(), default_value = "none", global = true)]
+    pub client_cert_identity: ClientCertIdentity,
+
     /// Largest request message accepted, in bytes; larger is RESOURCE_EXHAUSTED.
     #[arg(long, env = "TODO_MAX_REQUEST_BYTES", default_value_t = 64 * 1024, global = true)]
     pub max_request_bytes: usize,
@@ -332,6 +347,25 @@ mod tests {
             Cli::try_parse_from(["todo-server", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn certificate_identity_needs_a_client_ca() {
+        let cli = Cli::try_parse_from(["todo-server"]).unwrap();
+        assert_eq!(cli.config.client_cert_identity, ClientCertIdentity::Off);
+        let with_ca = [
+            "todo-server",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-client-ca",
+            "ca.pem",
+            "--client-cert-identity",
+            "uri-san",
+        ];
+        let cli = Cli::try_parse_from(with_ca).unwrap();
+        assert_eq!(cli.config.client_cert_identity, ClientCertIdentity::UriSan);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::AuthError;
 use crate::idempotency::SweepReport;
 use crate::storage::{GroupCommitCounts, RetryCounts, Storage};
 
@@ -134,6 +135,8 @@ pub struct Metrics {
     rejected_requests: Family<ReasonLabels, Counter>,
     /// `todo_config_reloads_total{file, result}`.
     config_reloads: Family<ReloadLabels, Counter>,
+    /// `todo_auth_failures_total{reason}`.
+    auth_failures: Family<ReasonLabels, Counter>,
     /// `todo_idempotency_keys_swept_total`.
     swept_rows: Counter,
     /// `todo_idempotency_sweeps_total`.
@@ -184,6 +187,12 @@ impl Metrics {
             "TodoService calls refused before they ran, by reason (unauthenticated, metadata_too_large)",
             rejected_requests.clone(),
         );
+        let auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "todo_auth_failures",
+            "TodoService calls refused as UNAUTHENTICATED, by what was wrong with the credential",
+            auth_failures.clone(),
+        );
         let config_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "todo_config_reloads",
@@ -222,6 +231,7 @@ impl Metrics {
             grpc_latency,
             rejected_requests,
             config_reloads,
+            auth_failures,
             swept_rows,
             sweeps,
             sweep_duration,
@@ -268,6 +278,15 @@ impl Metrics {
         self.rejected_requests
             .get_or_create(&ReasonLabels {
                 reason: rejection.as_str(),
+            })
+            .inc();
+    }
+
+    /// A call refused as UNAUTHENTICATED, and why.
+    pub fn record_auth_failure(&self, error: AuthError) {
+        self.auth_failures
+            .get_or_create(&ReasonLabels {
+                reason: error.label(),
             })
             .inc();
     }

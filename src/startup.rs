@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
 
-use crate::auth::{CallerTokens, CurrentTokens, TokensFileError};
+use crate::auth::{CallerTokens, ClientCertIdentity, CurrentTokens, TokensFileError};
 use crate::config::{Config, MigrateAction};
 use crate::error::Chain;
 use crate::grpc::TodoApi;
@@ -60,6 +60,11 @@ pub enum StartupError {
          --allow-data-loss to do it"
     )]
     DownNeedsConsent,
+    #[error(
+        "--client-cert-identity uri-san names callers by their client certificates: it needs \
+         --tls-client-ca (TODO_TLS_CLIENT_CA), which makes clients present one"
+    )]
+    CertIdentityWithoutClientCa,
     #[error("cannot read {path}")]
     TlsFile {
         path: String,
@@ -73,6 +78,8 @@ struct Access {
     tokens: CurrentTokens,
     /// The tokens file to re-read while serving, if there is one.
     tokens_file: Option<TokensFile>,
+    /// Whether callers without a bearer token are named by their client certificates.
+    client_certs: ClientCertIdentity,
     /// Serve over TLS (and require client certificates) when set.
     tls: Option<tonic::transport::ServerTlsConfig>,
 }
@@ -239,7 +246,13 @@ impl Application {
             Some(path) => CallerTokens::load(path)?,
             None => CallerTokens::default(),
         };
+        if config.client_cert_identity == ClientCertIdentity::UriSan
+            && config.tls_client_ca.is_none()
+        {
+            return Err(StartupError::CertIdentityWithoutClientCa);
+        }
         if tokens.is_empty()
+            && config.client_cert_identity == ClientCertIdentity::Off
             && !config.listen_addr.ip().is_loopback()
             && !config.allow_anonymous_non_loopback
         {
@@ -251,6 +264,7 @@ impl Application {
                 path,
                 interval: config.tokens_reload_interval,
             }),
+            client_certs: config.client_cert_identity,
             tls: tls_config(config)?,
         };
         let limits = Limits {
@@ -370,6 +384,7 @@ impl Application {
             TodoServiceServer::new(self.api).max_decoding_message_size(limits.max_request_bytes),
             RequestGuard::new(
                 self.access.tokens,
+                self.access.client_certs,
                 limits.max_metadata_bytes,
                 Arc::clone(&self.metrics),
             ),

@@ -12,8 +12,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "http://127.0.0.1:50051".to_owned());
     let channel = todo_client::Channel::from_shared(target)?.connect().await?;
-    let client = TodoClient::new(channel)
-        .with_token_provider(|| std::env::var("TODO_TOKEN").unwrap_or_default());
+    let mut client = TodoClient::new(channel);
+    if std::env::var_os("TODO_TOKEN").is_some() {
+        // Read again before every attempt: a rotated token is picked up by the next call.
+        client = client.with_token_provider(|| std::env::var("TODO_TOKEN").unwrap_or_default());
+    }
     let todo = proto::Todo {
         title: "from a fresh crate".into(),
         ..Default::default()

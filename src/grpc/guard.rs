@@ -11,7 +11,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::Interceptor;
 use tonic::{Extensions, Request, Status};
 
-use crate::auth::{AuthError, CurrentTokens};
+use crate::auth::{AuthError, ClientCertIdentity, CurrentTokens, caller_from_certificate};
 use crate::domain::Caller;
 use crate::error::ServiceError;
 use crate::grpc::metadata::IDEMPOTENCY_KEY;
@@ -20,8 +20,10 @@ use crate::metrics::{Metrics, Rejection};
 /// The TodoService interceptor.
 #[derive(Debug, Clone)]
 pub struct RequestGuard {
-    /// The callers and their token hashes in force (empty: every caller is anonymous).
+    /// The callers and their token hashes in force.
     tokens: CurrentTokens,
+    /// Whether a call without a bearer token is named by its client certificate.
+    client_certs: ClientCertIdentity,
     /// Largest request metadata accepted, as HTTP/2 counts it.
     max_metadata_bytes: usize,
     /// Where refused calls are counted.
@@ -29,9 +31,15 @@ pub struct RequestGuard {
 }
 
 impl RequestGuard {
-    pub fn new(tokens: CurrentTokens, max_metadata_bytes: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        tokens: CurrentTokens,
+        client_certs: ClientCertIdentity,
+        max_metadata_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             tokens,
+            client_certs,
             max_metadata_bytes,
             metrics,
         }
@@ -69,6 +77,30 @@ fn check_metadata_size(metadata: &MetadataMap, limit: usize) -> Result<(), Servi
     Ok(())
 }
 
+impl RequestGuard {
+    /// Who is calling. A call that presents a bearer token is judged by it (the tokens file);
+    /// without one, by its client certificate when `--client-cert-identity` is on; else it is
+    /// anonymous when no tokens are configured, and refused when they are.
+    fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        request: &Request<()>,
+    ) -> Result<Caller, AuthError> {
+        let tokens = self.tokens.get();
+        match (authorization, self.client_certs) {
+            (Some(_), _) if !tokens.is_empty() => tokens.authenticate(authorization),
+            // A bearer token, and no tokens to judge it by.
+            (Some(_), ClientCertIdentity::UriSan) => Err(AuthError::Unknown),
+            (None, ClientCertIdentity::UriSan) => {
+                let certificates = request.peer_certs().ok_or(AuthError::NoCertificate)?;
+                let leaf = certificates.first().ok_or(AuthError::NoCertificate)?;
+                caller_from_certificate(leaf.as_ref())
+            }
+            (_, ClientCertIdentity::Off) => tokens.authenticate(authorization),
+        }
+    }
+}
+
 impl Interceptor for RequestGuard {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Err(err) = check_metadata_size(request.metadata(), self.max_metadata_bytes) {
@@ -81,19 +113,14 @@ impl Interceptor for RequestGuard {
         let authenticated = if several {
             Err(AuthError::Several)
         } else {
-            self.tokens.get().authenticate(authorization)
+            self.authenticate(authorization, &request)
         };
         let caller = authenticated.map_err(|err| {
-            let why = match err {
-                AuthError::Missing => "missing `authorization: Bearer <token>` metadata",
-                AuthError::Malformed => "`authorization` metadata must be `Bearer <token>`",
-                AuthError::Unknown => "unknown token",
-                AuthError::Several => "`authorization` must be sent once; the request has several",
-            };
             // The call's `rpc finished` line (`grpc/call.rs`) carries the reason.
-            tracing::Span::current().record("reason", why);
+            tracing::Span::current().record("reason", err.describe());
             self.metrics.record_rejected(Rejection::Unauthenticated);
-            Status::from(ServiceError::Unauthenticated(why))
+            self.metrics.record_auth_failure(err);
+            Status::from(ServiceError::Unauthenticated(err.describe()))
         })?;
         let idempotency_keys = request
             .metadata()
@@ -129,6 +156,7 @@ mod tests {
     fn guard(tokens: &str) -> RequestGuard {
         RequestGuard::new(
             CurrentTokens::new(CallerTokens::parse(tokens).unwrap()),
+            ClientCertIdentity::Off,
             1024,
             Arc::new(Metrics::new()),
         )
@@ -206,6 +234,31 @@ mod tests {
             .insert("x-big-trailer", "x".repeat(2000).parse().unwrap());
         let err = super::admitted(request.metadata(), request.extensions()).unwrap_err();
         assert!(matches!(err, ServiceError::ResourceExhausted(_)), "{err}");
+    }
+
+    #[test]
+    fn with_certificate_identity_a_call_without_a_certificate_or_with_an_unjudgeable_token_is_refused()
+     {
+        let guard = RequestGuard::new(
+            CurrentTokens::default(),
+            ClientCertIdentity::UriSan,
+            1024,
+            Arc::new(Metrics::new()),
+        );
+        for authorization in [None, Some("Bearer some-token")] {
+            let mut request = Request::new(());
+            if let Some(value) = authorization {
+                request
+                    .metadata_mut()
+                    .insert("authorization", value.parse().unwrap());
+            }
+            let status = guard.clone().call(request).unwrap_err();
+            assert_eq!(
+                status.code(),
+                tonic::Code::Unauthenticated,
+                "{authorization:?}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod faults;
 mod get;
 mod hardening;
 mod idempotency;
+mod identity;
 mod list;
 mod migrate;
 mod operations;
