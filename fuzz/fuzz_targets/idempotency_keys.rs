@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use todo_service::grpc::metadata::idempotency_key;
+use todo_service::grpc::metadata::key_in_headers;
 use tonic::metadata::AsciiMetadataValue;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         .split(|byte| *byte == b'\n')
         .filter_map(|entry| AsciiMetadataValue::try_from(entry).ok())
         .collect();
-    match idempotency_key(&entries) {
+    match key_in_headers(&entries) {
         Ok(Some(key)) => {
             assert_eq!(entries.len(), 1);
             let text = key.as_str();
