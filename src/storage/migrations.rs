@@ -6,10 +6,11 @@
 //! dies (the session or the file descriptor goes with it).
 
 use std::fs::File;
+use std::sync::Arc;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::{self, Connection as _, PgConnection};
-use sea_orm::{DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr};
 
 use super::errors::{During, StorageError};
 
@@ -41,21 +42,21 @@ impl MigrationLock {
                     .get_postgres_connection_pool()
                     .acquire()
                     .await
-                    .map_err(sqlx_error)
+                    .map_err(|err| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(err))))
                     .during("get a connection for the migration lock")?;
                 let mut connection = pooled.detach();
                 // Waiting for another process's migrations is the point: no statement timeout.
                 sqlx::query("SET statement_timeout = 0")
                     .execute(&mut connection)
                     .await
-                    .map_err(sqlx_error)
+                    .map_err(statement_error)
                     .during("take the migration lock")?;
                 sqlx::query(
                     "SELECT pg_advisory_lock(hashtext('todo-service migrations:' || current_schema()))",
                 )
                 .execute(&mut connection)
                 .await
-                .map_err(sqlx_error)
+                .map_err(statement_error)
                 .during("take the migration lock")?;
                 Ok(Self::Postgres(connection))
             }
@@ -97,8 +98,10 @@ impl MigrationLock {
     }
 }
 
-fn sqlx_error(err: sqlx::Error) -> DbErr {
-    DbErr::Custom(err.to_string())
+/// A failed statement of the lock, keeping the driver's error (storage classifies it: a broken
+/// connection is UNAVAILABLE).
+fn statement_error(err: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(Arc::new(err)))
 }
 
 /// The file of a `sqlite:` URL, unless the database lives in memory.
