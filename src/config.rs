@@ -9,6 +9,8 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::auth::ClientCertIdentity;
+use crate::auth::jwks::{JwksSettings, JwksSource};
+use crate::auth::jwt::JwtRules;
 use crate::idempotency::{Retention, SweepSettings};
 use crate::storage::{DatabaseSettings, Isolation};
 use crate::telemetry::LogFormat;
@@ -236,6 +238,61 @@ pub struct Config {
     #[arg(long, env = "TODO_CLIENT_CERT_IDENTITY", value_parser = client_cert_identity(), default_value = "none", global = true)]
     pub client_cert_identity: ClientCertIdentity,
 
+    /// Accept JWT bearer tokens from this issuer: a token's `iss` must equal it. Needs
+    /// --jwt-audience and --jwt-jwks. A bearer token with a JWT's shape is judged as a JWT;
+    /// any other as a static token of --tokens-file.
+    #[arg(long, env = "TODO_JWT_ISSUER", requires_all = ["jwt_audience", "jwt_jwks"], global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// The audience JWTs must be meant for: `aud` must be or contain it (for a Kubernetes
+    /// projected service-account token, the `audience` of its volume projection).
+    #[arg(
+        long,
+        env = "TODO_JWT_AUDIENCE",
+        requires = "jwt_issuer",
+        global = true
+    )]
+    pub jwt_audience: Option<String>,
+
+    /// The issuer's JSON Web Key Set: an `https://` (or `http://`) URL, or a file. Fetched at
+    /// start-up, on --jwt-jwks-refresh-interval, and when a token names an unknown `kid`.
+    #[arg(long, env = "TODO_JWT_JWKS", value_parser = JwksSource::parse, requires = "jwt_issuer", global = true)]
+    pub jwt_jwks: Option<JwksSource>,
+
+    /// The JWT claim whose value is the caller id.
+    #[arg(
+        long,
+        env = "TODO_JWT_CALLER_CLAIM",
+        default_value = "sub",
+        global = true
+    )]
+    pub jwt_caller_claim: String,
+
+    /// How often the JWKS is fetched again.
+    #[arg(long, env = "TODO_JWT_JWKS_REFRESH_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub jwt_jwks_refresh_interval: Duration,
+
+    /// Least time between two fetches of the JWKS caused by tokens with unknown `kid`s (so that
+    /// made-up kids cannot flood the issuer).
+    #[arg(long, env = "TODO_JWT_JWKS_MIN_REFRESH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub jwt_jwks_min_refresh_interval: Duration,
+
+    /// PEM CA bundle trusted for an `https://` JWKS, besides the public web roots (e.g. a
+    /// cluster's `ca.crt`).
+    #[arg(long, env = "TODO_JWT_JWKS_CA", requires = "jwt_jwks", global = true)]
+    pub jwt_jwks_ca: Option<PathBuf>,
+
+    /// File whose contents are sent as `Authorization: Bearer` when fetching the JWKS (a
+    /// Kubernetes API server may ask for the pod's own service-account token), re-read at each
+    /// fetch.
+    #[arg(
+        long,
+        env = "TODO_JWT_JWKS_TOKEN_FILE",
+        requires = "jwt_jwks",
+        global = true
+    )]
+    pub jwt_jwks_token_file: Option<PathBuf>,
+
     /// Largest request message accepted, in bytes; larger is RESOURCE_EXHAUSTED.
     #[arg(long, env = "TODO_MAX_REQUEST_BYTES", default_value_t = 64 * 1024, global = true)]
     pub max_request_bytes: usize,
@@ -295,6 +352,28 @@ impl Config {
             batch_size: self.sweep_batch_size,
             batch_pause: self.sweep_batch_pause,
         }
+    }
+
+    /// The JWT rules and JWKS settings, if `--jwt-issuer` is set.
+    pub fn jwt(&self) -> Option<(JwtRules, JwksSettings)> {
+        let (Some(issuer), Some(audience), Some(source)) =
+            (&self.jwt_issuer, &self.jwt_audience, &self.jwt_jwks)
+        else {
+            return None;
+        };
+        let rules = JwtRules {
+            issuer: issuer.clone(),
+            audience: audience.clone(),
+            caller_claim: self.jwt_caller_claim.clone(),
+        };
+        let settings = JwksSettings {
+            source: source.clone(),
+            ca_file: self.jwt_jwks_ca.clone(),
+            token_file: self.jwt_jwks_token_file.clone(),
+            refresh_interval: self.jwt_jwks_refresh_interval,
+            min_refresh_interval: self.jwt_jwks_min_refresh_interval,
+        };
+        Some((rules, settings))
     }
 }
 

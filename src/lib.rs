@@ -11,7 +11,8 @@
 //! - [`startup`]: `Application`: connects storage, runs migrations, binds the listener and
 //!   serves TodoService, health and reflection until the caller's shutdown signal.
 //! - [`config`]: the clap `Config` (`--help` is the reference).
-//! - [`auth`]: callers and their bearer tokens (the tokens file).
+//! - [`auth`]: who is calling: static bearer tokens (the tokens file), JWTs checked against an
+//!   issuer's JWKS (fetched and refreshed), SPIFFE IDs of client certificates.
 //! - [`reload`]: files re-read while serving (the tokens file, on SIGHUP and on change).
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON logs; spans exported over OTLP
 //!   when an endpoint is set).

@@ -62,21 +62,36 @@ impl Rejection {
     }
 }
 
-/// A configuration file re-read while the server runs (`todo_config_reloads_total{file,
-/// result}`).
+/// A configuration file re-read while the server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadedFile {
+    /// `--tokens-file`.
+    Tokens,
+    /// `--jwt-jwks` (a file or a URL).
+    Jwks,
+    /// `--tls-cert`, `--tls-key` and `--tls-client-ca`, read together.
+    Tls,
+}
+
+/// How a re-read went (`todo_config_reloads_total{file, result}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reload {
-    /// The tokens file was re-read and put in force.
-    TokensApplied,
-    /// The tokens file could not be read or did not parse: the last good one stays.
-    TokensRejected,
+    /// Read and put in force.
+    Applied(ReloadedFile),
+    /// Could not be read, or did not parse: the last good version stays in force.
+    Rejected(ReloadedFile),
 }
 
 impl Reload {
     fn labels(self) -> ReloadLabels {
         let (file, result) = match self {
-            Self::TokensApplied => ("tokens", "applied"),
-            Self::TokensRejected => ("tokens", "rejected"),
+            Self::Applied(file) => (file, "applied"),
+            Self::Rejected(file) => (file, "rejected"),
+        };
+        let file = match file {
+            ReloadedFile::Tokens => "tokens",
+            ReloadedFile::Jwks => "jwks",
+            ReloadedFile::Tls => "tls",
         };
         ReloadLabels { file, result }
     }

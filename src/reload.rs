@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::auth::{CallerTokens, CurrentTokens};
 use crate::error::Chain;
-use crate::metrics::{Metrics, Reload};
+use crate::metrics::{Metrics, Reload, ReloadedFile};
 use crate::ticker::Ticker;
 
 /// Where the tokens file is and how often it is checked.
@@ -57,7 +57,7 @@ pub async fn reload_tokens(
                         error = %err,
                         "cannot read the tokens file; the last good one stays in force"
                     );
-                    metrics.record_reload(Reload::TokensRejected);
+                    metrics.record_reload(Reload::Rejected(ReloadedFile::Tokens));
                 }
                 last = None;
                 continue;
@@ -74,14 +74,14 @@ pub async fn reload_tokens(
                     "tokens file re-read"
                 );
                 current.replace(tokens);
-                metrics.record_reload(Reload::TokensApplied);
+                metrics.record_reload(Reload::Applied(ReloadedFile::Tokens));
             }
             Err(err) => {
                 tracing::warn!(
                     error = %Chain(&err),
                     "tokens file refused; the last good one stays in force"
                 );
-                metrics.record_reload(Reload::TokensRejected);
+                metrics.record_reload(Reload::Rejected(ReloadedFile::Tokens));
             }
         }
         last = Some(contents);

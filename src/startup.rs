@@ -11,13 +11,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
 
-use crate::auth::{CallerTokens, ClientCertIdentity, CurrentTokens, TokensFileError};
+use crate::auth::jwks::{CurrentKeys, JwksError, refresh_keys};
+use crate::auth::{CallerTokens, ClientCertIdentity, CurrentTokens, JwtIssuer, TokensFileError};
 use crate::config::{Config, MigrateAction};
 use crate::error::Chain;
 use crate::grpc::TodoApi;
 use crate::grpc::call::CallLayer;
 use crate::grpc::connections::LimitedIncoming;
 use crate::grpc::guard::RequestGuard;
+use crate::grpc::key_refresh::FetchUnknownKeys;
 use crate::grpc::limits::limit_request_bodies;
 use crate::health::report_health;
 use crate::idempotency::{
@@ -45,6 +47,8 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cannot load the JWKS (--jwt-jwks)")]
+    Jwks(#[from] JwksError),
     #[error("cannot load the tokens file")]
     Tokens(#[from] TokensFileError),
     #[error("cannot use the idempotency retention")]
@@ -78,6 +82,8 @@ struct Access {
     tokens: CurrentTokens,
     /// The tokens file to re-read while serving, if there is one.
     tokens_file: Option<TokensFile>,
+    /// JWT bearer tokens (`--jwt-issuer`), and how often their JWKS is fetched again.
+    jwt: Option<(JwtIssuer, Duration, Duration)>,
     /// Whether callers without a bearer token are named by their client certificates.
     client_certs: ClientCertIdentity,
     /// Serve over TLS (and require client certificates) when set.
@@ -252,13 +258,15 @@ impl Application {
             return Err(StartupError::CertIdentityWithoutClientCa);
         }
         if tokens.is_empty()
+            && config.jwt_issuer.is_none()
             && config.client_cert_identity == ClientCertIdentity::Off
             && !config.listen_addr.ip().is_loopback()
             && !config.allow_anonymous_non_loopback
         {
             return Err(StartupError::AnonymousNonLoopback(config.listen_addr));
         }
-        let access = Access {
+        let mut access = Access {
+            jwt: None,
             tokens: CurrentTokens::new(tokens),
             tokens_file: config.tokens_file.clone().map(|path| TokensFile {
                 path,
@@ -283,6 +291,18 @@ impl Application {
             metrics.register_group_commit(counts);
         }
         let metrics = Arc::new(metrics);
+        let jwt = match config.jwt() {
+            Some((rules, settings)) => Some((
+                JwtIssuer {
+                    rules: Arc::new(rules),
+                    keys: CurrentKeys::start(&settings, Arc::clone(&metrics)).await?,
+                },
+                settings.refresh_interval,
+                settings.min_refresh_interval,
+            )),
+            None => None,
+        };
+        access.jwt = jwt;
         let retention = CurrentRetention::new(shared_retention(&storage, config).await?.current);
         let idempotency = Idempotency::new(storage.clone(), retention.clone());
         let api = TodoApi::new(storage.clone(), idempotency, page_token_key);
@@ -358,6 +378,14 @@ impl Application {
                 stopped.clone(),
             ));
         }
+        if let Some((jwt, interval, min_interval)) = &self.access.jwt {
+            tasks.spawn(refresh_keys(
+                jwt.keys.clone(),
+                *interval,
+                *min_interval,
+                stopped.clone(),
+            ));
+        }
         if let Some((listener, addr)) = self.metrics_listener {
             tracing::info!(%addr, "serving metrics on /metrics");
             tasks.spawn(metrics::serve(
@@ -373,6 +401,7 @@ impl Application {
             backend = ?self.storage.backend(),
             tls = self.access.tls.is_some(),
             authenticated_callers = !self.access.tokens.get().is_empty(),
+            jwt = self.access.jwt.is_some(),
             "serving gRPC"
         );
         let limits = self.limits;
@@ -380,15 +409,18 @@ impl Application {
         if let Some(tls) = self.access.tls {
             builder = builder.tls_config(tls)?;
         }
+        let jwt = self.access.jwt.map(|(jwt, _, _)| jwt);
         let todo_service = tonic::service::interceptor::InterceptedService::new(
             TodoServiceServer::new(self.api).max_decoding_message_size(limits.max_request_bytes),
             RequestGuard::new(
                 self.access.tokens,
                 self.access.client_certs,
+                jwt.clone(),
                 limits.max_metadata_bytes,
                 Arc::clone(&self.metrics),
             ),
         );
+        let todo_service = FetchUnknownKeys::new(todo_service, jwt);
         let header_list_limit = u32::try_from(limits.max_metadata_bytes.saturating_mul(2))
             .unwrap_or(u32::MAX)
             .max(16 * 1024);

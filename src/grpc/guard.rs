@@ -11,7 +11,11 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::Interceptor;
 use tonic::{Extensions, Request, Status};
 
-use crate::auth::{AuthError, ClientCertIdentity, CurrentTokens, caller_from_certificate};
+use crate::auth::jwt::looks_like_jwt;
+use crate::auth::{
+    AuthError, CallerTokens, ClientCertIdentity, CurrentTokens, JwtIssuer, bearer_token,
+    caller_from_certificate,
+};
 use crate::domain::Caller;
 use crate::error::ServiceError;
 use crate::grpc::metadata::IDEMPOTENCY_KEY;
@@ -24,6 +28,8 @@ pub struct RequestGuard {
     tokens: CurrentTokens,
     /// Whether a call without a bearer token is named by its client certificate.
     client_certs: ClientCertIdentity,
+    /// JWT bearer tokens, if `--jwt-issuer` is set.
+    jwt: Option<JwtIssuer>,
     /// Largest request metadata accepted, as HTTP/2 counts it.
     max_metadata_bytes: usize,
     /// Where refused calls are counted.
@@ -34,12 +40,14 @@ impl RequestGuard {
     pub fn new(
         tokens: CurrentTokens,
         client_certs: ClientCertIdentity,
+        jwt: Option<JwtIssuer>,
         max_metadata_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             tokens,
             client_certs,
+            jwt,
             max_metadata_bytes,
             metrics,
         }
@@ -78,26 +86,54 @@ fn check_metadata_size(metadata: &MetadataMap, limit: usize) -> Result<(), Servi
 }
 
 impl RequestGuard {
-    /// Who is calling. A call that presents a bearer token is judged by it (the tokens file);
-    /// without one, by its client certificate when `--client-cert-identity` is on; else it is
-    /// anonymous when no tokens are configured, and refused when they are.
+    /// Who is calling. A call that presents a bearer token is judged by it: by the issuer's keys
+    /// if it has a JWT's shape and JWTs are configured, else by the tokens file. Without one, by
+    /// its client certificate when `--client-cert-identity` is on. A server configured with
+    /// none of the three serves everyone as anonymous.
     fn authenticate(
         &self,
         authorization: Option<&[u8]>,
         request: &Request<()>,
     ) -> Result<Caller, AuthError> {
         let tokens = self.tokens.get();
-        match (authorization, self.client_certs) {
-            (Some(_), _) if !tokens.is_empty() => tokens.authenticate(authorization),
-            // A bearer token, and no tokens to judge it by.
-            (Some(_), ClientCertIdentity::UriSan) => Err(AuthError::Unknown),
-            (None, ClientCertIdentity::UriSan) => {
-                let certificates = request.peer_certs().ok_or(AuthError::NoCertificate)?;
-                let leaf = certificates.first().ok_or(AuthError::NoCertificate)?;
-                caller_from_certificate(leaf.as_ref())
-            }
-            (_, ClientCertIdentity::Off) => tokens.authenticate(authorization),
+        let certificates_name_callers = self.client_certs == ClientCertIdentity::UriSan;
+        if tokens.is_empty() && self.jwt.is_none() && !certificates_name_callers {
+            return Ok(Caller::anonymous());
         }
+        let Some(header) = authorization else {
+            if !certificates_name_callers {
+                return Err(AuthError::Missing);
+            }
+            let certificates = request.peer_certs().ok_or(AuthError::NoCertificate)?;
+            let leaf = certificates.first().ok_or(AuthError::NoCertificate)?;
+            let caller = caller_from_certificate(leaf.as_ref())?;
+            return apart_from_tokens(&tokens, caller);
+        };
+        let token = bearer_token(header).ok_or(AuthError::Malformed)?;
+        if let Some(jwt) = &self.jwt
+            && looks_like_jwt(token)
+        {
+            let caller = jwt.verify(token)?;
+            // A URI is what certificates name (SPIFFE IDs); a JWT may not name one of those.
+            if certificates_name_callers && caller.as_str().contains("://") {
+                return Err(AuthError::CallerOfAnotherSource);
+            }
+            return apart_from_tokens(&tokens, caller);
+        }
+        if tokens.is_empty() {
+            return Err(AuthError::Unknown);
+        }
+        tokens.caller_of_token(token)
+    }
+}
+
+/// `caller`, named by a JWT or a certificate, unless the tokens file names a caller so too:
+/// callers of different sources never share todos, keys or page tokens.
+fn apart_from_tokens(tokens: &CallerTokens, caller: Caller) -> Result<Caller, AuthError> {
+    if tokens.names(&caller) {
+        Err(AuthError::CallerOfAnotherSource)
+    } else {
+        Ok(caller)
     }
 }
 
@@ -151,12 +187,13 @@ pub fn admitted(metadata: &MetadataMap, extensions: &Extensions) -> Result<Admit
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{CallerTokens, hash_token};
+    use crate::auth::hash_token;
 
     fn guard(tokens: &str) -> RequestGuard {
         RequestGuard::new(
             CurrentTokens::new(CallerTokens::parse(tokens).unwrap()),
             ClientCertIdentity::Off,
+            None,
             1024,
             Arc::new(Metrics::new()),
         )
@@ -242,6 +279,7 @@ mod tests {
         let guard = RequestGuard::new(
             CurrentTokens::default(),
             ClientCertIdentity::UriSan,
+            None,
             1024,
             Arc::new(Metrics::new()),
         );

@@ -22,18 +22,18 @@ use crate::helpers::{
 
 both_backends!(spiffe_callers_and_token_callers_are_isolated_from_each_other);
 
-const BILLING: &str = "spiffe://example.org/ns/billing/sa/api";
+pub const BILLING: &str = "spiffe://example.org/ns/billing/sa/api";
 const REPORTS: &str = "spiffe://example.org/ns/reports/sa/api";
 
 /// A CA, a server certificate, and client certificates with the given URI SANs.
-struct Pki {
-    ca: String,
-    server: (String, String),
+pub struct Pki {
+    pub ca: String,
+    pub server: (String, String),
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![
@@ -56,7 +56,7 @@ impl Pki {
     }
 
     /// A client certificate (PEM, key) with these URI SANs.
-    fn client(&self, uris: &[&str]) -> Identity {
+    pub fn client(&self, uris: &[&str]) -> Identity {
         let mut params = CertificateParams::new(vec!["client.test".to_owned()]).expect("params");
         for uri in uris {
             params
@@ -71,13 +71,13 @@ impl Pki {
     }
 }
 
-fn temp(text: &str) -> NamedTempFile {
+pub fn temp(text: &str) -> NamedTempFile {
     let mut file = NamedTempFile::new().expect("temporary file");
     file.write_all(text.as_bytes()).expect("write");
     file
 }
 
-async fn client(app: &TestApp, pki: &Pki, identity: Identity) -> TodoServiceClient<Channel> {
+pub async fn client(app: &TestApp, pki: &Pki, identity: Identity) -> TodoServiceClient<Channel> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca))
         .identity(identity)

@@ -15,6 +15,7 @@ mod get;
 mod hardening;
 mod idempotency;
 mod identity;
+mod jwt;
 mod list;
 mod migrate;
 mod operations;

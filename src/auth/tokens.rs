@@ -17,6 +17,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::auth::{AuthError, bearer_token};
 use crate::domain::Caller;
 
 /// The configured callers. Empty means "no authentication": every caller is anonymous.
@@ -47,96 +48,6 @@ pub enum TokensFileError {
          --tokens-file to serve anonymous callers on loopback)"
     )]
     NoCallers { path: String },
-}
-
-/// Why a request was not authenticated. The client sees UNAUTHENTICATED either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthError {
-    /// No `authorization` metadata while tokens are configured (and no certificate identity).
-    Missing,
-    /// Not `Bearer <visible ASCII token>`.
-    Malformed,
-    /// A token no caller has.
-    Unknown,
-    /// Several `authorization` entries: which one counts would be a guess.
-    Several,
-    /// No client certificate, while callers are named by theirs.
-    NoCertificate,
-    /// A client certificate without a URI SAN (SPIFFE ID).
-    NoUriSan,
-    /// A client certificate with several URI SANs: an X509-SVID has exactly one.
-    SeveralUriSans,
-    /// A client certificate whose URI SAN is no caller id, or that does not parse.
-    BadCertificate,
-}
-
-impl AuthError {
-    /// What the client is told (and the `reason` of the call's log line).
-    pub fn describe(self) -> &'static str {
-        match self {
-            Self::Missing => "missing `authorization: Bearer <token>` metadata",
-            Self::Malformed => "`authorization` metadata must be `Bearer <token>`",
-            Self::Unknown => "unknown token",
-            Self::Several => "`authorization` must be sent once; the request has several",
-            Self::NoCertificate => "no client certificate",
-            Self::NoUriSan => "the client certificate has no URI SAN (SPIFFE ID)",
-            Self::SeveralUriSans => "the client certificate has several URI SANs; an SVID has one",
-            Self::BadCertificate => "the client certificate's URI SAN is not a usable caller id",
-        }
-    }
-
-    /// The `reason` label of `todo_auth_failures_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Missing => "missing",
-            Self::Malformed => "malformed",
-            Self::Unknown => "unknown_token",
-            Self::Several => "several",
-            Self::NoCertificate => "no_certificate",
-            Self::NoUriSan => "no_uri_san",
-            Self::SeveralUriSans => "several_uri_sans",
-            Self::BadCertificate => "bad_certificate",
-        }
-    }
-}
-
-/// Whether a caller without a bearer token is named by its client certificate
-/// (`--client-cert-identity`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ClientCertIdentity {
-    /// No: the certificate only gates the connection (mutual TLS).
-    #[default]
-    Off,
-    /// The certificate's one URI SAN is the caller (a SPIFFE ID, as Istio, Linkerd and SPIRE
-    /// issue in X509-SVIDs).
-    UriSan,
-}
-
-/// The caller named by a client certificate (DER): its single URI SAN (SPIFFE's X509-SVID
-/// standard: exactly one), e.g. `spiffe://example.org/ns/billing/sa/api`.
-pub fn caller_from_certificate(der: &[u8]) -> Result<Caller, AuthError> {
-    use x509_parser::extensions::GeneralName;
-    let (_, certificate) =
-        x509_parser::parse_x509_certificate(der).map_err(|_| AuthError::BadCertificate)?;
-    let names = certificate
-        .subject_alternative_name()
-        .map_err(|_| AuthError::BadCertificate)?;
-    let mut uris = names
-        .iter()
-        .flat_map(|extension| extension.value.general_names.iter())
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        });
-    let uri = uris.next().ok_or(AuthError::NoUriSan)?;
-    if uris.next().is_some() {
-        return Err(AuthError::SeveralUriSans);
-    }
-    let caller = Caller::parse(uri).map_err(|_| AuthError::BadCertificate)?;
-    if caller == Caller::anonymous() {
-        return Err(AuthError::BadCertificate);
-    }
-    Ok(caller)
 }
 
 /// SHA-256 of a token, as the tokens file stores it.
@@ -212,6 +123,11 @@ impl CallerTokens {
         Ok(Self { entries })
     }
 
+    /// Whether the file names `caller` (for keeping callers of other sources apart).
+    pub fn names(&self, caller: &Caller) -> bool {
+        self.entries.iter().any(|(named, _)| named == caller)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -233,6 +149,11 @@ impl CallerTokens {
         }
         let header = authorization.ok_or(AuthError::Missing)?;
         let token = bearer_token(header).ok_or(AuthError::Malformed)?;
+        self.caller_of_token(token)
+    }
+
+    /// The caller that holds `token` (compared as [`Self::authenticate`] does).
+    pub fn caller_of_token(&self, token: &[u8]) -> Result<Caller, AuthError> {
         let presented: [u8; 32] = Sha256::digest(token).into();
         let mut found: Option<&Caller> = None;
         for (caller, digest) in &self.entries {
@@ -263,16 +184,6 @@ impl CurrentTokens {
     pub fn replace(&self, tokens: CallerTokens) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
     }
-}
-
-/// The token of `Bearer <token>` (scheme in any case); the token must be visible ASCII.
-fn bearer_token(header: &[u8]) -> Option<&[u8]> {
-    let (scheme, token) = header.split_at_checked(7)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    let token = token.trim_ascii();
-    (!token.is_empty() && token.iter().all(u8::is_ascii_graphic)).then_some(token)
 }
 
 #[cfg(test)]
@@ -385,40 +296,6 @@ mod tests {
             Err(AuthError::Unknown)
         );
         assert!(current.get().authenticate(Some(b"Bearer c")).is_ok());
-    }
-
-    fn certificate(uris: &[&str]) -> Vec<u8> {
-        let mut params = rcgen::CertificateParams::new(vec!["client.test".to_owned()]).unwrap();
-        for uri in uris {
-            params
-                .subject_alt_names
-                .push(rcgen::SanType::URI((*uri).try_into().unwrap()));
-        }
-        let key = rcgen::KeyPair::generate().unwrap();
-        params.self_signed(&key).unwrap().der().to_vec()
-    }
-
-    #[test]
-    fn a_certificates_one_uri_san_is_its_caller() {
-        let id = "spiffe://example.org/ns/billing/sa/api";
-        assert_eq!(
-            caller_from_certificate(&certificate(&[id]))
-                .unwrap()
-                .as_str(),
-            id
-        );
-        assert_eq!(
-            caller_from_certificate(&certificate(&[])),
-            Err(AuthError::NoUriSan)
-        );
-        assert_eq!(
-            caller_from_certificate(&certificate(&[id, "spiffe://example.org/other"])),
-            Err(AuthError::SeveralUriSans)
-        );
-        assert_eq!(
-            caller_from_certificate(b"not a certificate"),
-            Err(AuthError::BadCertificate)
-        );
     }
 
     #[test]
