@@ -232,6 +232,11 @@ pub struct Config {
     #[arg(long, env = "TODO_TLS_CLIENT_CA", requires = "tls_cert", global = true)]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// How often the TLS files (--tls-cert, --tls-key, --tls-client-ca) are checked for
+    /// changes; they are also re-read on SIGHUP. A renewed certificate serves new connections.
+    #[arg(long, env = "TODO_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub tls_reload_interval: Duration,
+
     /// `uri-san`: a call without a bearer token is the caller its client certificate names in
     /// its one URI SAN (a SPIFFE ID from Istio, Linkerd or SPIRE); a certificate with none or
     /// several is refused. `none`: the certificate only gates the connection.

@@ -13,7 +13,9 @@
 //! - [`config`]: the clap `Config` (`--help` is the reference).
 //! - [`auth`]: who is calling: static bearer tokens (the tokens file), JWTs checked against an
 //!   issuer's JWKS (fetched and refreshed), SPIFFE IDs of client certificates.
-//! - [`reload`]: files re-read while serving (the tokens file, on SIGHUP and on change).
+//! - [`reload`]: files re-read while serving (the tokens file, the TLS files; on SIGHUP and
+//!   on change).
+//! - [`tls`]: TLS on the gRPC listener, from files that may be renewed while serving.
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON logs; spans exported over OTLP
 //!   when an endpoint is set).
 //! - [`ticker`]: the schedule of background tasks (health checks, key sweeper).
@@ -49,6 +51,7 @@ pub mod startup;
 pub mod storage;
 pub mod telemetry;
 pub mod ticker;
+pub mod tls;
 pub mod todos;
 
 /// The `todo.v1` protobuf messages and generated client (the `todo-client` crate's), and the

@@ -28,9 +28,10 @@ use crate::idempotency::{
 };
 use crate::metrics::{self, Metrics};
 use crate::proto::{self, todo_service_server::TodoServiceServer};
-use crate::reload::{TokensFile, reload_tokens};
+use crate::reload::{TokensFile, reload_tls, reload_tokens};
 use crate::storage::{MigrationState, Storage, StorageError};
 use crate::ticker::Ticker;
+use crate::tls::{CurrentTls, TlsError, TlsFiles, TlsIncoming};
 
 /// Why the server could not start (or stopped). Each variant keeps its cause as its source;
 /// `main` logs the whole chain.
@@ -69,11 +70,8 @@ pub enum StartupError {
          --tls-client-ca (TODO_TLS_CLIENT_CA), which makes clients present one"
     )]
     CertIdentityWithoutClientCa,
-    #[error("cannot read {path}")]
-    TlsFile {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot set up TLS from --tls-cert, --tls-key and --tls-client-ca")]
+    Tls(#[from] TlsError),
 }
 
 /// Who may call, over what.
@@ -87,7 +85,7 @@ struct Access {
     /// Whether callers without a bearer token are named by their client certificates.
     client_certs: ClientCertIdentity,
     /// Serve over TLS (and require client certificates) when set.
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<ServingTls>,
 }
 
 /// How much one call, one connection and the whole server may take.
@@ -116,25 +114,33 @@ struct SweeperSchedule {
     interval: Duration,
 }
 
-fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, StartupError> {
-    std::fs::read(path).map_err(|source| StartupError::TlsFile {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-/// The TLS configuration from `--tls-cert`, `--tls-key` and `--tls-client-ca`, if any.
-fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, StartupError> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+/// The TLS files and the configuration they make, from `--tls-cert`, `--tls-key` and
+/// `--tls-client-ca`, if TLS is on.
+fn tls_config(config: &Config) -> Result<Option<ServingTls>, StartupError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let mut tls =
-        ServerTlsConfig::new().identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
-    if let Some(ca) = &config.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read_pem(ca)?));
-    }
-    Ok(Some(tls))
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: config.tls_client_ca.clone(),
+    };
+    let current = CurrentTls::new(files.configuration(&files.read()?)?);
+    Ok(Some(ServingTls {
+        files,
+        current,
+        reload_interval: config.tls_reload_interval,
+    }))
+}
+
+/// TLS on the gRPC listener, re-read while serving.
+struct ServingTls {
+    /// Where the certificate, key and client CA are.
+    files: TlsFiles,
+    /// The configuration new connections use.
+    current: CurrentTls,
+    /// How often the files are checked for changes (`--tls-reload-interval`).
+    reload_interval: Duration,
 }
 
 /// A server ready to run: connected, migrated, and bound to its ports.
@@ -386,6 +392,15 @@ impl Application {
                 stopped.clone(),
             ));
         }
+        if let Some(tls) = &self.access.tls {
+            tasks.spawn(reload_tls(
+                tls.files.clone(),
+                tls.reload_interval,
+                tls.current.clone(),
+                Arc::clone(&self.metrics),
+                stopped.clone(),
+            ));
+        }
         if let Some((listener, addr)) = self.metrics_listener {
             tracing::info!(%addr, "serving metrics on /metrics");
             tasks.spawn(metrics::serve(
@@ -405,10 +420,7 @@ impl Application {
             "serving gRPC"
         );
         let limits = self.limits;
-        let mut builder = Server::builder();
-        if let Some(tls) = self.access.tls {
-            builder = builder.tls_config(tls)?;
-        }
+        let builder = Server::builder();
         let jwt = self.access.jwt.map(|(jwt, _, _)| jwt);
         let todo_service = tonic::service::interceptor::InterceptedService::new(
             TodoServiceServer::new(self.api).max_decoding_message_size(limits.max_request_bytes),
@@ -424,7 +436,7 @@ impl Application {
         let header_list_limit = u32::try_from(limits.max_metadata_bytes.saturating_mul(2))
             .unwrap_or(u32::MAX)
             .max(16 * 1024);
-        let served = builder
+        let router = builder
             .max_concurrent_streams(limits.max_concurrent_streams)
             .http2_max_header_list_size(header_list_limit)
             .layer(CallLayer::new(
@@ -438,19 +450,28 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
-            .add_service(todo_service)
-            .serve_with_incoming_shutdown(
-                LimitedIncoming::new(
-                    self.listener,
-                    limits.max_connections,
-                    Arc::clone(&self.metrics),
-                ),
-                async {
-                    shutdown.await;
-                    stop.send_replace(true);
-                },
-            )
-            .await;
+            .add_service(todo_service);
+        let incoming = LimitedIncoming::new(
+            self.listener,
+            limits.max_connections,
+            Arc::clone(&self.metrics),
+        );
+        let stopping = async {
+            shutdown.await;
+            stop.send_replace(true);
+        };
+        let served = match self.access.tls {
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(TlsIncoming::new(incoming, tls.current), stopping)
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(incoming, stopping)
+                    .await
+            }
+        };
         stop.send_replace(true);
         while tasks.join_next().await.is_some() {}
         self.storage.close().await;

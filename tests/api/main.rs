@@ -24,5 +24,6 @@ mod rotation;
 mod security;
 mod serializable;
 mod service;
+mod tls_rotation;
 mod tracing;
 mod update;
