@@ -698,3 +698,58 @@ async fn a_jwks_file_is_read_at_start_and_a_missing_one_refuses_to_start() {
         Ok(_) => panic!("started without its JWKS"),
     }
 }
+
+#[tokio::test]
+async fn jwts_never_reach_the_logs() {
+    let key = SigningKey::new("log-key", Algorithm::ES256);
+    let jwks = temp(&json!({"keys": [key.jwk]}).to_string());
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let mut server = crate::server_process::ServerProcess::start_logging(
+        &db.url,
+        "127.0.0.1:0",
+        &[
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-audience",
+            AUDIENCE,
+            "--jwt-jwks",
+            jwks.path().to_str().expect("a UTF-8 temporary path"),
+        ],
+        "debug",
+    )
+    .await;
+    let mut client = todo_service::TodoServiceClient::new(server.channel());
+    let good = key.sign(&claims("svc"));
+    let mut expired_claims = claims("svc");
+    expired_claims["exp"] = json!(now() - 3600);
+    let expired = key.sign(&expired_claims);
+    client
+        .create_todo(bearer(new_todo("with a JWT"), &good))
+        .await
+        .expect("a good JWT");
+    client
+        .create_todo(bearer(new_todo("expired"), &expired))
+        .await
+        .expect_err("an expired JWT");
+    let mut log = server.startup_log.clone();
+    let status = server.terminate().await;
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    while let Some(line) = server.next_log_line(Duration::from_secs(1)).await {
+        log.push(line);
+    }
+    let refused: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("UNAUTHENTICATED"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let refused: Value = serde_json::from_str(refused[0]).expect("JSON");
+    assert_eq!(refused["span"]["reason"], "the JWT has expired");
+    let log = log.join("\n");
+    assert!(log.contains("rpc finished"), "the calls were logged");
+    for token in [&good, &expired] {
+        // Any of its three parts would be a leak (the signature above all).
+        for part in token.split('.') {
+            assert!(!log.contains(part), "part of a JWT leaked into the logs");
+        }
+    }
+}
