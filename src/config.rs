@@ -340,6 +340,43 @@ pub struct Config {
         global = true
     )]
     pub max_connections: usize,
+
+    /// After SIGTERM or SIGINT: how long to go on serving new calls while the health service
+    /// already answers NOT_SERVING, so that load balancers and Kubernetes stop sending here
+    /// first (endpoints are withdrawn seconds after a pod is told to stop). Then GOAWAY.
+    #[arg(long, env = "TODO_SHUTDOWN_DRAIN", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_drain: Duration,
+
+    /// After the drain: longest wait for the calls in flight to finish before the server
+    /// exits anyway (a second SIGTERM or SIGINT exits at once).
+    #[arg(long, env = "TODO_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_timeout: Duration,
+
+    /// Age after which a client connection is sent GOAWAY (its calls in flight finish, the
+    /// client opens a new connection, possibly to another replica), so that connections
+    /// balanced once at connect time spread to new replicas. Off unless set (e.g. `5m`).
+    #[arg(long, env = "TODO_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration, global = true)]
+    pub max_connection_age: Option<Duration>,
+
+    /// With --max-connection-age: how long a connection may go on after its GOAWAY before it
+    /// is closed, calls still in flight or not.
+    #[arg(long, env = "TODO_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub max_connection_age_grace: Duration,
+
+    /// How often the server pings an idle client connection (HTTP/2 PING) to find peers that
+    /// are gone without a FIN (a crashed node, a NAT that forgot the flow). `0s`: never.
+    #[arg(long, env = "TODO_HTTP2_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long the server waits for the answer to its PING before it closes the connection.
+    #[arg(long, env = "TODO_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Also serve the health service (and nothing else) here, in plaintext, for probes that
+    /// cannot present a client certificate or do TLS (the kubelet's gRPC probe). Port 0 picks
+    /// a free port.
+    #[arg(long, env = "TODO_HEALTH_LISTEN_ADDR", global = true)]
+    pub health_listen_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -408,6 +445,10 @@ mod tests {
         assert_eq!(config.tokens_file, None);
         assert!(!config.allow_anonymous_non_loopback);
         assert_eq!(config.max_request_bytes, 65_536);
+        assert_eq!(config.shutdown_drain, Duration::from_secs(5));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(20));
+        assert_eq!(config.max_connection_age, None);
+        assert_eq!(config.health_listen_addr, None);
     }
 
     #[test]

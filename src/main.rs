@@ -86,7 +86,10 @@ async fn run(command: Command, config: &todo_service::config::Config) -> ExitCod
                     return ExitCode::FAILURE;
                 }
             };
-            match app.run_until_stopped(shutdown_signal()).await {
+            let signals = termination_signals();
+            let first = wait_for_signals(signals.clone(), 1);
+            let second = wait_for_signals(signals, 2);
+            match app.run_until_stopped(first, second).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!(error = %Chain(&err), "server failed");
@@ -97,28 +100,46 @@ async fn run(command: Command, config: &todo_service::config::Config) -> ExitCod
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
+/// How many times SIGINT (Ctrl-C) or SIGTERM has arrived so far.
+fn termination_signals() -> tokio::sync::watch::Receiver<u32> {
+    let (count, counted) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        #[cfg(unix)]
         let mut terminate =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
+                Ok(signal) => Some(signal),
                 Err(err) => {
                     tracing::error!(error = %err, "cannot listen for SIGTERM");
-                    let _ = interrupt.await;
-                    return;
+                    None
                 }
             };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+        loop {
+            #[cfg(unix)]
+            let received = async {
+                match terminate.as_mut() {
+                    Some(terminate) => tokio::select! {
+                        result = tokio::signal::ctrl_c() => result.is_ok(),
+                        received = terminate.recv() => received.is_some(),
+                    },
+                    None => tokio::signal::ctrl_c().await.is_ok(),
+                }
+            }
+            .await;
+            #[cfg(not(unix))]
+            let received = tokio::signal::ctrl_c().await.is_ok();
+            if !received {
+                // No more signals can arrive; the server stops by other means.
+                std::future::pending::<()>().await;
+            }
+            count.send_modify(|count| *count += 1);
         }
+    });
+    counted
+}
+
+/// Completes once `n` termination signals have arrived.
+async fn wait_for_signals(mut counted: tokio::sync::watch::Receiver<u32>, n: u32) {
+    if counted.wait_for(|count| *count >= n).await.is_err() {
+        std::future::pending::<()>().await;
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
-    tracing::info!("shutdown signal received; finishing calls in flight");
 }

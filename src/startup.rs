@@ -103,6 +103,21 @@ struct Limits {
     receive_timeout: Duration,
     /// Client connections open at once (`--max-connections`).
     max_connections: usize,
+    /// Age at which a connection is sent GOAWAY, and how long it may go on after that
+    /// (`--max-connection-age`, `--max-connection-age-grace`).
+    max_connection_age: Option<(Duration, Duration)>,
+    /// How often an idle connection is pinged, and how long the answer may take
+    /// (`--http2-keepalive-interval`, `--http2-keepalive-timeout`; `None`: never).
+    keepalive: Option<(Duration, Duration)>,
+}
+
+/// How the server stops once told to (`--shutdown-drain`, `--shutdown-timeout`).
+#[derive(Debug, Clone, Copy)]
+struct ShutdownPlan {
+    /// How long new calls are still served while health answers NOT_SERVING.
+    drain: Duration,
+    /// Longest wait, after GOAWAY, for the calls in flight.
+    timeout: Duration,
 }
 
 /// When the in-process key sweeper runs, and how it sweeps.
@@ -151,6 +166,10 @@ pub struct Application {
     local_addr: SocketAddr,
     /// The `/metrics` listener and its address, when metrics are on.
     metrics_listener: Option<(TcpListener, SocketAddr)>,
+    /// The plaintext health-only listener and its address (`--health-listen-addr`).
+    health_listener: Option<(TcpListener, SocketAddr)>,
+    /// How the server stops.
+    shutdown: ShutdownPlan,
     /// The database connections, shared with the handlers and background tasks.
     storage: Storage,
     /// This server's metrics registry.
@@ -288,6 +307,13 @@ impl Application {
             max_concurrent_streams: config.max_concurrent_calls_per_connection.max(1),
             receive_timeout: config.receive_timeout.min(config.request_timeout),
             max_connections: config.max_connections,
+            max_connection_age: config
+                .max_connection_age
+                .map(|age| (age, config.max_connection_age_grace)),
+            keepalive: (!config.http2_keepalive_interval.is_zero()).then_some((
+                config.http2_keepalive_interval,
+                config.http2_keepalive_timeout,
+            )),
         };
         let storage = open_storage(config).await?;
         let page_token_key = storage.page_token_key().await?;
@@ -318,10 +344,19 @@ impl Application {
         } else {
             None
         };
+        let health_listener = match config.health_listen_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
             metrics_listener,
+            health_listener,
+            shutdown: ShutdownPlan {
+                drain: config.shutdown_drain,
+                timeout: config.shutdown_timeout,
+            },
             storage,
             metrics,
             api,
@@ -346,13 +381,22 @@ impl Application {
         self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
-    /// Serves until `shutdown` completes, then stops accepting calls, waits for the calls in
-    /// flight to finish, and stops the background tasks.
+    /// The plaintext health address actually bound, if `--health-listen-addr` is set.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// Serves until `shutdown` completes; then drains: health turns NOT_SERVING at once, new
+    /// calls are still served for `--shutdown-drain`; then stops accepting and sends GOAWAY,
+    /// waits (at most `--shutdown-timeout`) for the calls in flight, and stops the background
+    /// tasks. If `abort` completes (a second signal) the server stops at once.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
+        abort: impl Future<Output = ()> + Send,
     ) -> Result<(), StartupError> {
         let (stop, stopped) = watch::channel(false);
+        let (drain, draining) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -360,8 +404,25 @@ impl Application {
             health_reporter,
             self.storage.clone(),
             self.health_check_interval,
-            stopped.clone(),
+            draining,
         ));
+        if let Some((listener, addr)) = self.health_listener {
+            tracing::info!(%addr, "serving health (plaintext)");
+            let health_only = Server::builder().add_service(health_service.clone());
+            let mut stopped = stopped.clone();
+            tasks.spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                let until_stopped = async move {
+                    let _ = stopped.wait_for(|stopped| *stopped).await;
+                };
+                if let Err(err) = health_only
+                    .serve_with_incoming_shutdown(incoming, until_stopped)
+                    .await
+                {
+                    tracing::error!(error = %Chain(&err), "health listener failed");
+                }
+            });
+        }
         tasks.spawn(refresh_retention(
             self.retention,
             self.storage.clone(),
@@ -420,7 +481,18 @@ impl Application {
             "serving gRPC"
         );
         let limits = self.limits;
-        let builder = Server::builder();
+        let mut builder = Server::builder();
+        if let Some((age, _grace)) = limits.max_connection_age {
+            // GOAWAY at `age` (tonic); the socket is closed `grace` later (LimitedIncoming).
+            // tonic's own max_connection_age_grace is not used: with it set, tonic 0.14.9
+            // skips the GOAWAY and only cuts the connection at age + grace.
+            builder = builder.max_connection_age(age);
+        }
+        if let Some((interval, timeout)) = limits.keepalive {
+            builder = builder
+                .http2_keepalive_interval(Some(interval))
+                .http2_keepalive_timeout(Some(timeout));
+        }
         let jwt = self.access.jwt.map(|(jwt, _, _)| jwt);
         let todo_service = tonic::service::interceptor::InterceptedService::new(
             TodoServiceServer::new(self.api).max_decoding_message_size(limits.max_request_bytes),
@@ -454,29 +526,94 @@ impl Application {
         let incoming = LimitedIncoming::new(
             self.listener,
             limits.max_connections,
+            limits
+                .max_connection_age
+                .map(|(age, grace)| age.saturating_add(grace)),
             Arc::clone(&self.metrics),
         );
-        let stopping = async {
-            shutdown.await;
-            stop.send_replace(true);
+        let (go_away, gone_away) = tokio::sync::oneshot::channel::<()>();
+        let stop_accepting = async {
+            let _ = gone_away.await;
         };
-        let served = match self.access.tls {
-            Some(tls) => {
-                router
-                    .serve_with_incoming_shutdown(TlsIncoming::new(incoming, tls.current), stopping)
-                    .await
-            }
-            None => {
-                router
-                    .serve_with_incoming_shutdown(incoming, stopping)
-                    .await
-            }
+        let serving: ServeFuture<'_> = match self.access.tls {
+            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                TlsIncoming::new(incoming, tls.current),
+                stop_accepting,
+            )),
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting)),
         };
+        let outcome = stop_in_order(serving, shutdown, abort, self.shutdown, drain, go_away).await;
         stop.send_replace(true);
-        while tasks.join_next().await.is_some() {}
-        self.storage.close().await;
+        match outcome {
+            Ok(Stopped::Cleanly) => {
+                while tasks.join_next().await.is_some() {}
+                self.storage.close().await;
+            }
+            // Calls still hold database connections: a background task may be waiting for
+            // one, and closing the pool would wait for them all.
+            Ok(Stopped::Abruptly) | Err(_) => tasks.shutdown().await,
+        }
         tracing::info!("stopped");
-        Ok(served?)
+        outcome.map(|_| ()).map_err(StartupError::from)
+    }
+}
+
+/// The gRPC server's future, whichever listener it serves.
+type ServeFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + 'a>>;
+
+/// How serving ended.
+enum Stopped {
+    /// Every call in flight finished.
+    Cleanly,
+    /// A second signal, or calls still in flight at `--shutdown-timeout`.
+    Abruptly,
+}
+
+/// Serves until `shutdown`, then drains (readiness NOT_SERVING through `drain`, calls still
+/// served for `plan.drain`), then stops accepting and sends GOAWAY (`go_away`), and waits for
+/// the calls in flight for at most `plan.timeout`. `abort` ends either wait at once.
+async fn stop_in_order(
+    mut serving: ServeFuture<'_>,
+    shutdown: impl Future<Output = ()> + Send,
+    abort: impl Future<Output = ()> + Send,
+    plan: ShutdownPlan,
+    drain: watch::Sender<bool>,
+    go_away: tokio::sync::oneshot::Sender<()>,
+) -> Result<Stopped, tonic::transport::Error> {
+    tokio::select! {
+        served = &mut serving => return served.map(|()| Stopped::Cleanly),
+        () = shutdown => {}
+    }
+    let mut abort = std::pin::pin!(abort);
+    drain.send_replace(true);
+    tracing::info!(
+        drain_ms = plan.drain.as_millis(),
+        "shutdown signal received; health NOT_SERVING, still serving new calls while draining"
+    );
+    tokio::select! {
+        served = &mut serving => return served.map(|()| Stopped::Cleanly),
+        () = tokio::time::sleep(plan.drain) => {}
+        () = &mut abort => {
+            tracing::warn!("second shutdown signal; stopping at once");
+            return Ok(Stopped::Abruptly);
+        }
+    }
+    tracing::info!("no longer accepting connections; GOAWAY sent, finishing calls in flight");
+    let _ = go_away.send(());
+    tokio::select! {
+        served = &mut serving => served.map(|()| Stopped::Cleanly),
+        () = tokio::time::sleep(plan.timeout) => {
+            tracing::warn!(
+                timeout_ms = plan.timeout.as_millis(),
+                "calls still in flight at --shutdown-timeout; stopping anyway"
+            );
+            Ok(Stopped::Abruptly)
+        }
+        () = &mut abort => {
+            tracing::warn!("second shutdown signal; stopping at once");
+            Ok(Stopped::Abruptly)
+        }
     }
 }
 

@@ -161,6 +161,8 @@ async fn postgres_unreachable_is_unavailable_and_the_server_recovers() {
         ServingStatus::NotServing,
     )
     .await;
+    // Liveness does not follow the database: an outage must not get every replica restarted.
+    wait_for_health(health.clone(), "liveness", ServingStatus::Serving).await;
 
     proxy.restore();
     wait_for_health(health, "todo.v1.TodoService", ServingStatus::Serving).await;

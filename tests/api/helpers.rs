@@ -285,6 +285,8 @@ pub fn test_config(db: &TestDatabase) -> Config {
         "8",
         "--sweep-enabled",
         "false",
+        "--shutdown-drain",
+        "0s",
     ])
     .expect("test configuration")
     .config
@@ -311,9 +313,12 @@ pub async fn spawn_on_lazy(db: Arc<TestDatabase>, configure: impl FnOnce(&mut Co
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(app.run_until_stopped(
+        async {
+            let _ = stopped.await;
+        },
+        std::future::pending(),
+    ));
     let client = TodoServiceClient::new(
         Channel::from_shared(format!("http://{addr}"))
             .expect("a valid URI")

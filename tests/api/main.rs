@@ -20,6 +20,7 @@ mod list;
 mod migrate;
 mod operations;
 mod request_id;
+mod rollout;
 mod rotation;
 mod security;
 mod serializable;

@@ -114,6 +114,32 @@ impl ServerProcess {
         let _ = self.child.kill().await;
     }
 
+    /// Sends the signal `name` (`TERM`, `HUP`, ...) without waiting for anything.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("the server is running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{name}").as_str(), pid.as_str()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "SIG{name} sent to {pid}");
+    }
+
+    /// Waits at most `wait` for the process to exit.
+    pub async fn exit_status(&mut self, wait: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(wait, self.child.wait())
+            .await
+            .ok()
+            .map(|status| status.expect("wait for the server"))
+    }
+
+    /// The `addr` field of the start-up line whose message is `message`.
+    pub fn logged_addr(&self, message: &str) -> Option<SocketAddr> {
+        self.startup_log.iter().find_map(|line| {
+            let json: serde_json::Value = serde_json::from_str(line).ok()?;
+            (json["message"] == message).then(|| json["addr"].as_str()?.parse().ok())?
+        })
+    }
+
     /// SIGTERM, then waits (at most 30 s) for the process to exit.
     pub async fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().expect("the server is running").to_string();
@@ -156,6 +182,12 @@ async fn spawn(
         .args(["--metrics-enabled", "false", "--log-format", "json"])
         .args(["--database-url", database_url])
         .args(["--db-timeout", "2s", "--health-check-interval", "200ms"])
+        // Tests stop servers often; the drain is tested where it is asked for.
+        .args(if args.iter().any(|arg| arg == "--shutdown-drain") {
+            &[][..]
+        } else {
+            &["--shutdown-drain", "0s"][..]
+        })
         .args(args)
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", rust_log)

@@ -29,6 +29,7 @@ export async function startServer(...extra: string[]): Promise<Server> {
       "--metrics-enabled", "false",
       "--database-url", `sqlite:${join(dir, "todo.db")}`,
       "--log-format", "json",
+      "--shutdown-drain", "0s",
       ...extra,
     ],
     { env: { ...process.env, DATABASE_URL: "", RUST_LOG: "warn,todo_service::startup=info" }, stdio: ["ignore", "pipe", "inherit"] },

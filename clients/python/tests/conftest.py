@@ -53,6 +53,8 @@ class Server:
                 f"sqlite:{self.db}",
                 "--log-format",
                 "json",
+                "--shutdown-drain",
+                "0s",
                 *extra,
             ],
             stdout=subprocess.PIPE,
