@@ -136,6 +136,13 @@ impl Transient for ServiceError {
             _ => false,
         }
     }
+
+    fn read_only_server(&self) -> bool {
+        match self {
+            Self::Unavailable(err) | Self::Database(err) => err.read_only_server(),
+            _ => false,
+        }
+    }
 }
 
 /// Displays an error and every cause below it: `outer: cause: root cause`.

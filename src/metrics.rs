@@ -353,13 +353,15 @@ impl Collector for DbRetries {
         let mut family = encoder.encode_descriptor(
             "todo_db_retries",
             "Database work run again by the server because it committed nothing, by reason \
-             (serialization_conflict: SQLSTATE 40001/40P01; session_ended: 57P01/57P02)",
+             (serialization_conflict: SQLSTATE 40001/40P01; session_ended: 57P01/57P02; \
+             read_only_server: 25006, a standby or a demoted primary)",
             None,
             MetricType::Counter,
         )?;
         for (reason, count) in [
             ("serialization_conflict", &self.0.serialization_conflicts),
             ("session_ended", &self.0.sessions_ended),
+            ("read_only_server", &self.0.read_only_servers),
         ] {
             let labels = ReasonLabels { reason };
             ConstCounter::new(count.load(Ordering::Relaxed))

@@ -29,7 +29,7 @@ use crate::idempotency::{
 use crate::metrics::{self, Metrics};
 use crate::proto::{self, todo_service_server::TodoServiceServer};
 use crate::reload::{TokensFile, reload_tls, reload_tokens};
-use crate::storage::{MigrationState, Storage, StorageError};
+use crate::storage::{MigrationState, Pooling, SessionError, Storage, StorageError};
 use crate::ticker::Ticker;
 use crate::tls::{CurrentTls, TlsError, TlsFiles, TlsIncoming};
 
@@ -72,6 +72,8 @@ pub enum StartupError {
     CertIdentityWithoutClientCa,
     #[error("cannot set up TLS from --tls-cert, --tls-key and --tls-client-ca")]
     Tls(#[from] TlsError),
+    #[error("the database sessions are not usable as they are")]
+    Sessions(#[from] SessionError),
 }
 
 /// Who may call, over what.
@@ -198,7 +200,17 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupErro
 
 /// Connects to the database and applies migrations if the configuration says so.
 async fn open_storage(config: &Config) -> Result<Storage, StartupError> {
-    let storage = Storage::connect(&config.database()).await?;
+    let settings = config.database();
+    let storage = Storage::connect(&settings).await?;
+    if let Some(Pooling::TransactionWithPreparedStatements) =
+        storage.verify_sessions(&settings).await?
+    {
+        tracing::warn!(
+            "the database connection is pooled per transaction: session settings come from \
+             ALTER ROLE/DATABASE, and migrations should run on a direct connection \
+             (todo-server migrate up)"
+        );
+    }
     if config.run_migrations {
         storage.migrate().await?;
     }

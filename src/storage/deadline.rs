@@ -13,6 +13,12 @@
 //!   deadline). Answering at once would let a lock holder that sees the answer release its
 //!   lock before the statement's timeout fires, and the write commit after its call was told
 //!   DEADLINE_EXCEEDED.
+//! - but only for [`SHIELD_LIMIT`] past the deadline: by then its lock waits have ended
+//!   (`lock_timeout`), so a statement still running waits for something no timeout of
+//!   PostgreSQL bounds, above all a commit waiting for a synchronous standby that is gone. The
+//!   call is then answered DEADLINE_EXCEEDED: its outcome is unknown (the commit may complete
+//!   later, or be lost with its server), and a retry with the same key finds out, replaying
+//!   the write if it committed.
 //!
 //! The transport layer runs each call through [`run_within`]; storage reads the deadline with
 //! [`lock_timeout`]. Outside a call (tools, tests of storage alone) statements run unchanged.
@@ -43,8 +49,12 @@ struct Call {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
 
+/// Longest a call waits, past its deadline, for a [`shielded`] statement still in flight.
+pub const SHIELD_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs `call` until `deadline`; past it, drops it (rolling back any transaction it has open)
-/// and answers [`Elapsed`], but only once no [`shielded`] statement of it is in flight.
+/// and answers [`Elapsed`], but only once no [`shielded`] statement of it is in flight, or
+/// [`SHIELD_LIMIT`] later.
 pub async fn run_within<F: Future>(deadline: Instant, call: F) -> Result<F::Output, Elapsed> {
     let shielded: Arc<(AtomicUsize, Notify)> = Arc::default();
     let context = Call {
@@ -57,6 +67,7 @@ pub async fn run_within<F: Future>(deadline: Instant, call: F) -> Result<F::Outp
         () = tokio::time::sleep_until(deadline) => {}
     }
     let (in_flight, ended) = &*shielded;
+    let mut limit = pin!(tokio::time::sleep_until(deadline + SHIELD_LIMIT));
     loop {
         let mut one_ended = pin!(ended.notified());
         one_ended.as_mut().enable();
@@ -66,6 +77,15 @@ pub async fn run_within<F: Future>(deadline: Instant, call: F) -> Result<F::Outp
         tokio::select! {
             output = &mut call => return Ok(output),
             () = one_ended => {}
+            () = &mut limit => {
+                tracing::warn!(
+                    limit_ms = SHIELD_LIMIT.as_millis(),
+                    "a write statement still running past its call's deadline (a commit \
+                     waiting for a synchronous standby?); answering DEADLINE_EXCEEDED, the \
+                     outcome is unknown until a retry with the same key"
+                );
+                return Err(Elapsed);
+            }
         }
     }
 }
@@ -158,5 +178,15 @@ mod tests {
             Ok(()),
             "a call that ends with its statement answers its own result"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shielded_statement_is_waited_for_at_most_the_shield_limit() {
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(100);
+        // A commit waiting for a synchronous standby that never answers.
+        let call = async { shielded(std::future::pending::<()>()).await };
+        assert_eq!(run_within(deadline, call).await, Err(Elapsed));
+        assert_eq!(Instant::now(), deadline + SHIELD_LIMIT);
     }
 }

@@ -39,6 +39,11 @@ pub trait Transient {
     /// 40001, what SERIALIZABLE isolation and distributed SQL engines answer to conflicting
     /// transactions) or to break a deadlock (40P01). The client is expected to run it again.
     fn serialization_conflict(&self) -> bool;
+
+    /// The connection reaches a server that is read only (SQLSTATE 25006): a standby, or a
+    /// primary demoted by a failover. Nothing was written; another connection may reach the
+    /// new primary.
+    fn read_only_server(&self) -> bool;
 }
 
 impl StorageError {
@@ -62,7 +67,15 @@ impl Transient for StorageError {
         self.sqlstate()
             .is_some_and(|code| is_serialization_conflict(&code))
     }
+
+    fn read_only_server(&self) -> bool {
+        self.sqlstate()
+            .is_some_and(|code| code == READ_ONLY_TRANSACTION)
+    }
 }
+
+/// SQLSTATE read_only_sql_transaction: what a standby (or a demoted primary) answers a write.
+const READ_ONLY_TRANSACTION: &str = "25006";
 
 fn is_serialization_conflict(code: &str) -> bool {
     code == "40001" || code == "40P01"
@@ -118,13 +131,15 @@ fn sqlx_is_unavailable(err: &sqlx::Error) -> bool {
 fn code_is_unavailable(code: &str) -> bool {
     // PostgreSQL: connection exceptions (class 08), admin/crash shutdown and "cannot connect
     // now" (57P01..57P03), statement timeout (57014), too many connections (53300),
-    // out of memory/disk (53xxx).
+    // out of memory/disk (53xxx), a read-only server (25006: the connection reaches a standby
+    // or a primary a failover demoted; the new primary is elsewhere).
     // A serialization failure or deadlock (40001, 40P01) that is still there after the
     // retries (`Storage::retry_transient`): nothing was written; the client may retry.
     if code.starts_with("08")
         || code.starts_with("57P")
         || code.starts_with("53")
         || code == "57014"
+        || code == READ_ONLY_TRANSACTION
         || is_serialization_conflict(code)
     {
         return true;
@@ -171,7 +186,7 @@ mod tests {
     #[test]
     fn codes() {
         for code in [
-            "08006", "57P01", "57P03", "57014", "53300", "5", "517", "6", "262",
+            "08006", "57P01", "57P03", "57014", "53300", "25006", "5", "517", "6", "262",
         ] {
             assert!(code_is_unavailable(code), "{code}");
         }

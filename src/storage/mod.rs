@@ -4,9 +4,11 @@
 mod change;
 pub mod deadline;
 mod errors;
+mod failover;
 mod group_commit;
 mod migrations;
 mod new_row;
+mod session;
 mod settings;
 mod statement;
 mod todo_entity;
@@ -26,11 +28,13 @@ use tracing::Instrument;
 
 pub use change::{Applied, Change};
 pub use errors::{During, StorageError, Transient};
+use failover::StaleConnections;
 use group_commit::GroupCommit;
 pub use group_commit::GroupCommitCounts;
 use migrations::MigrationLock;
 pub use migrations::MigrationState;
 pub use new_row::NewRow;
+pub use session::{Pooling, SessionError};
 pub use statement::{statement, statement_span};
 pub use todos::{
     RowLock, complete_todos, delete_todo, find_todo, find_todo_to_write, find_todos_to_write,
@@ -74,6 +78,9 @@ pub struct RetryCounts {
     pub serialization_conflicts: AtomicU64,
     /// After the database had ended the pooled connection's session (57P01, 57P02).
     pub sessions_ended: AtomicU64,
+    /// After the pooled connection turned out to reach a read-only server (25006: a standby,
+    /// or a primary demoted by a failover).
+    pub read_only_servers: AtomicU64,
 }
 
 /// The database connections. On PostgreSQL readers and writers share one pool. On SQLite all
@@ -93,6 +100,8 @@ pub struct Storage {
     pool_size: u32,
     /// Transactions run again so far (shared by clones).
     retries: Arc<RetryCounts>,
+    /// When pooled connections were last found to reach a read-only server (PostgreSQL).
+    stale: Arc<StaleConnections>,
     /// SQLite: the task that runs single-statement writes in shared transactions.
     group_commit: Option<GroupCommit>,
     /// The URL connected to (where the migration lock lives).
@@ -104,7 +113,8 @@ impl Storage {
         if settings.url.starts_with("sqlite:") {
             Self::connect_sqlite(settings).await.during("connect")
         } else {
-            let db = Database::connect(postgres_options(settings))
+            let stale = Arc::new(StaleConnections::default());
+            let db = Database::connect(postgres_options(settings, Arc::clone(&stale)))
                 .await
                 .during("connect")?;
             Ok(Self {
@@ -113,6 +123,7 @@ impl Storage {
                 backend: DbBackend::Postgres,
                 pool_size: settings.pool_size.max(1),
                 retries: Arc::default(),
+                stale,
                 group_commit: None,
                 url: settings.url.clone(),
             })
@@ -136,6 +147,7 @@ impl Storage {
             backend: DbBackend::Sqlite,
             pool_size: settings.pool_size.max(1),
             retries: Arc::default(),
+            stale: Arc::default(),
             url: settings.url.clone(),
         })
     }
@@ -144,11 +156,35 @@ impl Storage {
         self.backend
     }
 
+    /// PostgreSQL: checks that sessions keep the settings and prepared statements the server
+    /// relies on (a pooler in between may not), before anything else runs on them; see
+    /// `session.rs`. SQLite: nothing to check.
+    pub async fn verify_sessions(
+        &self,
+        settings: &DatabaseSettings,
+    ) -> Result<Option<Pooling>, SessionError> {
+        if self.backend != DbBackend::Postgres {
+            return Ok(None);
+        }
+        let probe = || {
+            let mut options = postgres_options(settings, Arc::clone(&self.stale));
+            options.max_connections(1);
+            options
+        };
+        session::verify(settings, &self.writer, probe)
+            .await
+            .map(Some)
+    }
+
     /// Runs `operation` (a whole transaction, or one statement), and again while it fails in
     /// a way that committed nothing (see [`Transient`]):
     /// - the database had ended the session of the pooled connection it got: each failure
     ///   discards one dead connection, so this happens at most pool size times in a row; a
     ///   call never fails merely because its connection died while idle;
+    /// - the connection reached a read-only server (25006, after a failover): every connection
+    ///   opened so far is marked stale (discarded as it is next taken from the pool) and the
+    ///   work runs on another one, at most pool size times in a row; past that UNAVAILABLE
+    ///   (the new primary is not reachable yet);
     /// - a serialization conflict or deadlock (40001, 40P01): run again after a pause of 2 ms
     ///   doubling to 128 ms (with jitter), at most [`CONFLICT_RETRIES`] times; past that the
     ///   error is UNAVAILABLE (never INTERNAL).
@@ -168,6 +204,20 @@ impl Storage {
                     sessions_left -= 1;
                     self.retries.sessions_ended.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("pooled connection's session had ended; trying another");
+                }
+                Err(err) if err.read_only_server() => {
+                    self.stale.mark_all();
+                    self.retries
+                        .read_only_servers
+                        .fetch_add(1, Ordering::Relaxed);
+                    if sessions_left <= 1 {
+                        return Err(err);
+                    }
+                    sessions_left -= 1;
+                    tracing::warn!(
+                        "the database connection reaches a read-only server (a failover?); \
+                         its connections are replaced and the work runs again"
+                    );
                 }
                 Err(err) if err.serialization_conflict() && conflicts < CONFLICT_RETRIES => {
                     conflicts += 1;
@@ -407,18 +457,20 @@ fn sqlite_options(settings: &DatabaseSettings, pool_size: u32) -> ConnectOptions
     options
 }
 
-fn postgres_options(settings: &DatabaseSettings) -> ConnectOptions {
-    let statement_timeout = format!("{}ms", settings.timeout.as_millis());
-    let isolation = match settings.isolation {
-        Isolation::ReadCommitted => "read committed",
-        Isolation::Serializable => "serializable",
-    };
+fn postgres_options(settings: &DatabaseSettings, stale: Arc<StaleConnections>) -> ConnectOptions {
+    let statement_timeout = session::statement_timeout(settings.timeout);
+    let isolation = session::isolation_name(settings.isolation);
     let mut options = common_options(settings, settings.pool_size);
     options.map_sqlx_postgres_opts(move |pg| {
         pg.options([
             ("statement_timeout", statement_timeout.as_str()),
             ("default_transaction_isolation", isolation),
         ])
+    });
+    // A connection opened before a failover was noticed is not handed out again.
+    options.map_sqlx_postgres_before_acquire(move |_connection, metadata| {
+        let fresh = !stale.is_stale(metadata.age);
+        Box::pin(async move { Ok(fresh) })
     });
     options
 }

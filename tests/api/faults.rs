@@ -4,8 +4,6 @@
 //! duplicates == 0 and lost == 0.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,11 +12,10 @@ use futures::stream::{self, StreamExt};
 use todo_service::TodoServiceClient;
 use todo_service::client::{CallError, CallOptions, RetryPolicy, TodoClient, Written};
 use todo_service::proto;
-use tokio::net::TcpListener;
-use tokio::process::Command;
 use tonic::transport::Channel;
 use tonic::{Code, Response};
 
+use crate::cluster::ThrowawayCluster;
 use crate::helpers::{Backend, TestDatabase, is_replayed, keyed, new_todo};
 use crate::server_process::ServerProcess;
 
@@ -326,129 +323,6 @@ async fn sigkill_mid_load_loses_and_duplicates_nothing_on_postgres() {
 
 // ---------------------------------------------------------------------------------------------
 // 3. PostgreSQL restart (a throwaway cluster, so the shared server is not disturbed)
-
-/// A PostgreSQL cluster of the test's own, made with initdb in a temporary directory and run
-/// as the `postgres` user (initdb refuses root).
-struct ThrowawayCluster {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl ThrowawayCluster {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        run_as_postgres(
-            "chown",
-            &["postgres", &dir.path().display().to_string()],
-            true,
-        )
-        .await;
-        let port = free_port().await;
-        let data = dir.path().join("data");
-        run_as_postgres(
-            "initdb",
-            &[
-                "-D",
-                &data.display().to_string(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-            ],
-            false,
-        )
-        .await;
-        let cluster = Self { dir, port };
-        cluster.pg_ctl_start().await;
-        cluster
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    async fn pg_ctl_start(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("postgres.log");
-        run_as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data().display().to_string(),
-                "-o",
-                &options,
-                "-l",
-                &log.display().to_string(),
-                "-w",
-                "start",
-            ],
-            false,
-        )
-        .await;
-    }
-
-    async fn pg_ctl_stop(&self) {
-        run_as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data().display().to_string(),
-                "-m",
-                "fast",
-                "-w",
-                "stop",
-            ],
-            false,
-        )
-        .await;
-    }
-}
-
-impl Drop for ThrowawayCluster {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--", "pg_ctl", "-D"])
-            .arg(self.data())
-            .args(["-m", "immediate", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-async fn run_as_postgres(program: &str, args: &[&str], as_root: bool) {
-    let mut command = if as_root {
-        Command::new(program)
-    } else {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--", program]);
-        command
-    };
-    let output = command
-        .args(args)
-        .output()
-        .await
-        .unwrap_or_else(|err| panic!("run {program}: {err}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-async fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr").port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_load_is_unavailable_then_recovers_without_duplicates() {

@@ -6,10 +6,12 @@ mod raw_grpc;
 mod server_process;
 
 mod client;
+mod cluster;
 mod complete;
 mod create;
 mod database;
 mod delete;
+mod failover;
 mod faults;
 mod get;
 mod hardening;
