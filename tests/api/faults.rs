@@ -35,14 +35,14 @@ impl Figures {
         *self.errors.lock().expect("lock").entry(code).or_default() += 1;
     }
 
-    fn error_codes(&self) -> HashMap<Code, u64> {
+    pub fn error_codes(&self) -> HashMap<Code, u64> {
         self.errors.lock().expect("lock").clone()
     }
 }
 
 /// One logical create through the crate's retrying client: the same key on every attempt,
 /// until acknowledged or `give_up` passes (a `give_up` already past: one attempt).
-async fn create_with_retries(
+pub async fn create_with_retries(
     channel: Channel,
     title: String,
     key: String,
@@ -116,7 +116,7 @@ async fn run_load(
 }
 
 /// Rows, duplicated titles, and acknowledged todos missing from the database.
-async fn audit(
+pub async fn audit(
     db: &TestDatabase,
     acknowledged: &HashMap<String, proto::Todo>,
 ) -> (i64, i64, usize) {
@@ -152,7 +152,7 @@ async fn all_ids(db: &TestDatabase) -> HashSet<String> {
         .collect()
 }
 
-fn print_figures(
+pub fn print_figures(
     test: &str,
     logical: usize,
     figures: &Figures,

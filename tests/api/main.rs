@@ -21,6 +21,7 @@ mod jwt;
 mod list;
 mod migrate;
 mod operations;
+mod patroni;
 mod request_id;
 mod rollout;
 mod rotation;
