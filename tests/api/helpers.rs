@@ -253,6 +253,8 @@ impl Drop for TestDatabase {
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The plaintext health-only address, with `--health-listen-addr`.
+    pub health_addr: Option<std::net::SocketAddr>,
     pub client: TodoServiceClient<Channel>,
     pub db: Arc<TestDatabase>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -312,6 +314,7 @@ pub async fn spawn_on_lazy(db: Arc<TestDatabase>, configure: impl FnOnce(&mut Co
         .expect("the application starts");
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
+    let health_addr = app.health_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(
         async {
@@ -327,6 +330,7 @@ pub async fn spawn_on_lazy(db: Arc<TestDatabase>, configure: impl FnOnce(&mut Co
     TestApp {
         addr,
         metrics_addr,
+        health_addr,
         client,
         db,
         shutdown: Some(shutdown),

@@ -15,6 +15,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::{Backend, TestDatabase, fresh_key, keyed, new_todo, spawn_app_with};
+use crate::identity::Pki;
 use crate::server_process::{ServerProcess, channel_to};
 use crate::service::wait_for_health;
 
@@ -242,5 +243,38 @@ async fn connections_older_than_max_connection_age_are_replaced_without_failed_c
     );
     assert_eq!(app.todo_count().await, calls, "one todo per logical write");
     println!("{calls} calls over {connections} connections, {retried} attempts retried");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_mutual_tls_on_the_main_port_probes_check_health_in_plaintext_on_their_own() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let write = |name: &str, contents: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).expect("write a PEM file");
+        path
+    };
+    let (cert, key, ca) = (
+        write("tls.crt", &pki.server.0),
+        write("tls.key", &pki.server.1),
+        write("ca.crt", &pki.ca),
+    );
+    let app = spawn_app_with(Backend::Sqlite, move |config| {
+        config.tls_cert = Some(cert);
+        config.tls_key = Some(key);
+        config.tls_client_ca = Some(ca);
+        config.health_listen_addr = Some("127.0.0.1:0".parse().expect("an address"));
+    })
+    .await;
+    let health_addr = app.health_addr.expect("the health address is bound");
+    // What the kubelet's gRPC probe does: plaintext, no certificate.
+    let probe = channel_to(health_addr);
+    wait_for_health(probe.clone(), "", ServingStatus::Serving).await;
+    wait_for_health(probe, "liveness", ServingStatus::Serving).await;
+    assert!(
+        health_of(channel_to(app.addr), "").await.is_none(),
+        "the main port takes no plaintext, certificate-less connection"
+    );
     app.stop().await;
 }
