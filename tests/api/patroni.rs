@@ -170,7 +170,33 @@ impl PatroniCluster {
             &cluster.dir.path().join("haproxy.log"),
         ));
         wait_for_port(cluster.primary_port, Duration::from_secs(10), "haproxy").await;
+        cluster.wait_until_only_the_primary_is_routed().await;
         cluster
+    }
+
+    /// HAProxy takes its servers for up until their first checks fail: wait until several
+    /// connections in a row through it reach the primary.
+    async fn wait_until_only_the_primary_is_routed(&self) {
+        let started = Instant::now();
+        let mut in_a_row = 0;
+        while in_a_row < 8 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "HAProxy still routes to a standby"
+            );
+            let output = Command::new("psql")
+                .arg(self.url())
+                .args(["-At", "-c", "SELECT pg_is_in_recovery()"])
+                .output()
+                .await
+                .expect("run psql");
+            if output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "f" {
+                in_a_row += 1;
+            } else {
+                in_a_row = 0;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 
     fn start_node(&mut self, i: usize) {
