@@ -19,13 +19,7 @@ pub struct ThrowawayCluster {
 
 impl ThrowawayCluster {
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        run_as_postgres(
-            "chown",
-            &["postgres", &dir.path().display().to_string()],
-            true,
-        )
-        .await;
+        let dir = postgres_owned_tempdir().await;
         let port = free_port().await;
         let data = dir.path().join("data");
         run_as_postgres(
@@ -126,6 +120,18 @@ pub async fn run_as_postgres(program: &str, args: &[&str], as_root: bool) {
         "{program} {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A temporary directory owned by `postgres` (initdb, Patroni and PgBouncer refuse root).
+pub async fn postgres_owned_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    run_as_postgres(
+        "chown",
+        &["postgres", &dir.path().display().to_string()],
+        true,
+    )
+    .await;
+    dir
 }
 
 pub async fn free_port() -> u16 {

@@ -19,7 +19,7 @@ use todo_service::error::Chain;
 use todo_service::startup::Application;
 use tonic::Code;
 
-use crate::cluster::{ThrowawayCluster, free_port, run_as_postgres};
+use crate::cluster::{ThrowawayCluster, free_port, postgres_owned_tempdir};
 use crate::helpers::{
     Backend, TestDatabase, fresh_key, is_replayed, masked, new_todo, postgres_base_url, spawn_on,
 };
@@ -154,13 +154,7 @@ struct PgBouncer {
 
 impl PgBouncer {
     async fn start(mode: &str, database: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        run_as_postgres(
-            "chown",
-            &["postgres", &dir.path().display().to_string()],
-            true,
-        )
-        .await;
+        let dir = postgres_owned_tempdir().await;
         let port = free_port().await;
         let base = postgres_base_url();
         let authority = base

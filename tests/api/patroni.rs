@@ -18,7 +18,7 @@ use tokio::process::{Child, Command};
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::cluster::{free_port, run_as_postgres};
+use crate::cluster::{free_port, postgres_owned_tempdir, run_as_postgres};
 use crate::faults::{Figures, audit, create_with_retries, print_figures};
 use crate::helpers::{Backend, TestDatabase};
 use crate::server_process::ServerProcess;
@@ -61,13 +61,7 @@ fn spawn_logged(command: &mut Command, log: &Path) -> Child {
 
 impl PatroniCluster {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        run_as_postgres(
-            "chown",
-            &["postgres", &dir.path().display().to_string()],
-            true,
-        )
-        .await;
+        let dir = postgres_owned_tempdir().await;
         let (etcd_port, etcd_peer) = (free_port().await, free_port().await);
         let etcd = spawn_logged(
             Command::new("etcd")

@@ -278,3 +278,55 @@ async fn with_mutual_tls_on_the_main_port_probes_check_health_in_plaintext_on_th
     );
     app.stop().await;
 }
+
+/// Opens an HTTP/2 connection (preface and SETTINGS) that never reads again, so it never
+/// answers a PING; returns how long until the server closed it, if within `wait`.
+async fn silent_http2_connection_closed_after(
+    addr: std::net::SocketAddr,
+    wait: Duration,
+) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let started = Instant::now();
+    // Read (and drop) what the server sends, PINGs included, without ever acknowledging.
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(wait, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_answer_keepalive_pings_is_disconnected() {
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.http2_keepalive_interval = Duration::from_millis(200);
+        config.http2_keepalive_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let closed = silent_http2_connection_closed_after(app.addr, Duration::from_secs(5)).await;
+    let closed = closed.expect("a peer that never answers PING is closed");
+    assert!(closed >= Duration::from_millis(300), "{closed:?}");
+    app.stop().await;
+
+    // Control: with keepalive off, the same connection stays open.
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.http2_keepalive_interval = Duration::ZERO;
+    })
+    .await;
+    assert_eq!(
+        silent_http2_connection_closed_after(app.addr, Duration::from_secs(2)).await,
+        None,
+        "closed without keepalive"
+    );
+    app.stop().await;
+}

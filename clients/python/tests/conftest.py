@@ -107,6 +107,21 @@ def client(server):
         yield connected
 
 
+def pipe(source: socket.socket, sink: socket.socket) -> None:
+    """Copies bytes from `source` to `sink` until either end closes, then shuts both down."""
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 class ResponseDroppingProxy:
     """Forwards TCP between a client and the server, but on the first `drops` connections it
     parses the server's HTTP/2 frames and, when the first response HEADERS frame arrives (the
@@ -138,29 +153,16 @@ class ResponseDroppingProxy:
                 drop = self.drops_left > 0
             upstream = socket.create_connection(self.target)
             threading.Thread(
-                target=self._pipe, args=(downstream, upstream), daemon=True
+                target=pipe, args=(downstream, upstream), daemon=True
             ).start()
             threading.Thread(
                 target=self._responses, args=(upstream, downstream, drop), daemon=True
             ).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def _responses(self, upstream: socket.socket, downstream: socket.socket, drop: bool) -> None:
         if not drop:
-            self._pipe(upstream, downstream)
+            pipe(upstream, downstream)
             return
         buffer = b""
         try:

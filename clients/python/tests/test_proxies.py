@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import REPO, ResponseDroppingProxy, server_binary
+from conftest import REPO, ResponseDroppingProxy, pipe, server_binary
 from todo_client._proto.todo.v1 import todo_pb2, todo_pb2_grpc
 
 POSTGRES_URL = os.environ.get(
@@ -511,21 +511,8 @@ class CuttableTcpProxy:
                 upstream = socket.create_connection(self.target)
                 self.sockets += [downstream, upstream]
             for source, sink in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+                threading.Thread(target=pipe, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         with self.lock:
