@@ -258,3 +258,75 @@ async fn sqlite_concurrent_creates_share_transactions() {
     assert!(writes >= 64.0, "{writes} writes");
     assert!(commits < writes, "{commits} commits for {writes} writes");
 }
+
+/// The vendored sqlx patch (vendor/README.md) skips the pool's on-release ping only for a
+/// connection that is idle and ready. One given back with an open transaction (its ROLLBACK
+/// queued, not sent), or cut off mid-statement inside one (as the deadline path cuts calls),
+/// is still flushed and drained as it is given back: the backend ends up idle, with no
+/// transaction (and no lock) held, without any further use of the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_given_back_mid_transaction_is_drained_at_once() {
+    use sea_orm::sqlx::{self, Connection as _};
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(&db.url)
+        .await
+        .expect("a pool on the test's database");
+    let busy_backends = format!(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = '{}' \
+         AND pid <> pg_backend_pid() AND state <> 'idle'",
+        db.schema()
+    );
+    let settled = |what: &'static str| {
+        let (db, busy_backends) = (&db, &busy_backends);
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            loop {
+                let busy = db.scalar(busy_backends).await;
+                if busy == 0 {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what}: {busy} backend(s) still busy or idle in a transaction"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // A transaction dropped open, after a statement that ran to completion.
+    let mut conn = pool.acquire().await.expect("a connection");
+    let mut txn = conn.begin().await.expect("begin");
+    sqlx::query("SELECT 1")
+        .execute(&mut *txn)
+        .await
+        .expect("a statement in the transaction");
+    drop(txn);
+    drop(conn);
+    settled("a dropped open transaction").await;
+
+    // A statement cut off mid-way inside a transaction.
+    let mut conn = pool.acquire().await.expect("a connection");
+    let mut txn = conn.begin().await.expect("begin");
+    let cut = tokio::time::timeout(
+        Duration::from_millis(100),
+        sqlx::query("SELECT pg_sleep(0.4)").execute(&mut *txn),
+    )
+    .await;
+    assert!(cut.is_err(), "the statement was cut off: {cut:?}");
+    drop(txn);
+    drop(conn);
+    settled("a statement cut off in a transaction").await;
+
+    // And the connection answers its next statement, not the one cut off.
+    let answer: (i32,) = sqlx::query_as("SELECT 42")
+        .fetch_one(&pool)
+        .await
+        .expect("the next statement");
+    assert_eq!(answer.0, 42);
+    assert_eq!(pool.size(), 1, "the connection was kept, not replaced");
+    pool.close().await;
+}
