@@ -13,7 +13,15 @@ async fn main() -> ExitCode {
     let config = cli.config;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let otlp_endpoint = config.otlp_endpoint.as_deref();
-    let telemetry = match telemetry::init(std::io::stdout, config.log_format, ansi, otlp_endpoint) {
+    // Log lines are written by a thread of their own, off the threads that serve calls.
+    let (log_thread, log_writer) = match telemetry::LogThread::start(std::io::stdout()) {
+        Ok(started) => started,
+        Err(err) => {
+            eprintln!("cannot start the log writer thread: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let telemetry = match telemetry::init(log_writer, config.log_format, ansi, otlp_endpoint) {
         Ok(telemetry) => telemetry,
         Err(err) => {
             eprintln!("cannot set up logging and tracing: {err}");
@@ -22,6 +30,8 @@ async fn main() -> ExitCode {
     };
     let status = run(cli.command.unwrap_or(Command::Serve), &config).await;
     telemetry.shutdown();
+    // Every line logged so far is written before the process exits.
+    log_thread.stop();
     status
 }
 

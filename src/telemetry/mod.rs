@@ -11,8 +11,13 @@
 //! RPC, one client span per database statement) are also exported over OTLP/gRPC, whatever
 //! `RUST_LOG` says, and each RPC's span continues the caller's W3C `traceparent`. Without
 //! one, no OpenTelemetry layer is installed and no statement span is even created.
+//!
+//! The server writes its lines from a thread of its own, several at a time ([`LogThread`]).
 
 mod json;
+mod writer;
+
+pub use writer::{LineWriter, LogThread};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
