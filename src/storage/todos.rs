@@ -35,14 +35,18 @@ fn to_domain(model: Model) -> Result<Todo, DbErr> {
 /// The hot read (GetTodo, and the read before every update), hand-written and bound directly
 /// through SeaORM's connection: building it with sea-query and reading its row by column name
 /// cost about a fifth of a GetTodo's own CPU (BENCHMARKS.md, issue 21). The columns are those
-/// [`todo_at`] reads, in its order; SQLite binds `$N` by number too.
-const FIND_TODO: &str = "SELECT id, title, description, completed, create_time_us, \
-                         update_time_us, revision FROM todos WHERE id = $1 AND owner = $2";
+/// [`todo_at`] reads, in its order; SQLite binds `$N` by number too. One text for both
+/// [`FIND_TODO`] and [`FIND_TODO_FOR_UPDATE`].
+macro_rules! find_todo_sql {
+    () => {
+        "SELECT id, title, description, completed, create_time_us, update_time_us, revision \
+         FROM todos WHERE id = $1 AND owner = $2"
+    };
+}
+const FIND_TODO: &str = find_todo_sql!();
 /// [`FIND_TODO`] locking the row (PostgreSQL; SQLite's write transaction excludes other
 /// writers already, and it has no `FOR UPDATE`).
-const FIND_TODO_FOR_UPDATE: &str = "SELECT id, title, description, completed, create_time_us, \
-                                    update_time_us, revision FROM todos \
-                                    WHERE id = $1 AND owner = $2 FOR UPDATE";
+const FIND_TODO_FOR_UPDATE: &str = concat!(find_todo_sql!(), " FOR UPDATE");
 
 /// The todo of a row of [`FIND_TODO`], read by position (`owner` is not selected).
 fn todo_at(row: &QueryResult) -> Result<Todo, DbErr> {

@@ -55,7 +55,7 @@ pub struct LineWriter {
     shared: Arc<Shared>,
 }
 
-impl Write for LineWriter {
+impl Write for &LineWriter {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         let mut queue = self.shared.lock();
         while queue.bytes.len() >= MAX_QUEUED && !queue.stopping {
@@ -79,11 +79,12 @@ impl Write for LineWriter {
     }
 }
 
+/// A borrowed writer per line: no reference count touched on the logging path.
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LineWriter {
-    type Writer = LineWriter;
+    type Writer = &'a LineWriter;
 
     fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
+        self
     }
 }
 
@@ -118,13 +119,13 @@ impl LogThread {
         ))
     }
 
-    /// Writes every line logged so far and ends the thread. Lines logged afterwards are
-    /// dropped.
-    pub fn stop(mut self) {
-        self.stop_thread();
-    }
+    /// Writes every line logged so far and ends the thread (what dropping it does). Lines
+    /// logged afterwards are dropped.
+    pub fn stop(self) {}
+}
 
-    fn stop_thread(&mut self) {
+impl Drop for LogThread {
+    fn drop(&mut self) {
         self.shared.lock().stopping = true;
         self.shared.filled.notify_one();
         self.shared.drained.notify_all();
@@ -133,12 +134,6 @@ impl LogThread {
         {
             eprintln!("the log writer thread panicked");
         }
-    }
-}
-
-impl Drop for LogThread {
-    fn drop(&mut self) {
-        self.stop_thread();
     }
 }
 
@@ -205,10 +200,12 @@ mod tests {
         let (thread, writer) = LogThread::start(sink.clone()).unwrap();
         let loggers: Vec<_> = (0..4)
             .map(|t| {
-                let mut writer = writer.clone();
+                let writer = writer.clone();
                 std::thread::spawn(move || {
                     for i in 0..2_000 {
-                        writer.write_all(format!("{t} {i}\n").as_bytes()).unwrap();
+                        (&writer)
+                            .write_all(format!("{t} {i}\n").as_bytes())
+                            .unwrap();
                     }
                 })
             })
@@ -233,8 +230,8 @@ mod tests {
     #[test]
     fn a_line_is_written_soon_without_a_stop() {
         let sink = Recorded::default();
-        let (_thread, mut writer) = LogThread::start(sink.clone()).unwrap();
-        writer.write_all(b"listening\n").unwrap();
+        let (_thread, writer) = LogThread::start(sink.clone()).unwrap();
+        (&writer).write_all(b"listening\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while sink.bytes.lock().unwrap().as_slice() != b"listening\n" {
             assert!(
@@ -248,10 +245,10 @@ mod tests {
     #[test]
     fn a_full_queue_makes_loggers_wait_instead_of_dropping_lines() {
         let sink = Recorded::default();
-        let (thread, mut writer) = LogThread::start(sink.clone()).unwrap();
+        let (thread, writer) = LogThread::start(sink.clone()).unwrap();
         let line = vec![b'x'; 64 * 1024];
         for _ in 0..64 {
-            writer.write_all(&line).unwrap();
+            (&writer).write_all(&line).unwrap();
         }
         thread.stop();
         assert_eq!(sink.bytes.lock().unwrap().len(), 64 * 64 * 1024);
