@@ -8,7 +8,8 @@
 //!   span continuing the caller's W3C `traceparent`);
 //! - its time limit: `--request-timeout` or the client's `grpc-timeout` less [`DEADLINE_MARGIN`],
 //!   whichever is shorter, enforced with `storage::deadline::run_within` (then
-//!   DEADLINE_EXCEEDED; dropping the call rolls its transaction back);
+//!   DEADLINE_EXCEEDED; dropping the call rolls its transaction back), which answers before
+//!   the client's deadline even while it waits for a write statement in flight;
 //! - the answer to a request that never reached its handler because it does not decode: tonic
 //!   answers those INTERNAL with prost's text; they are the caller's fault, so INVALID_ARGUMENT
 //!   (with a `google.rpc.BadRequest` naming the field when the decoder knows it);
@@ -45,6 +46,11 @@ use crate::telemetry;
 /// `grpc-timeout` (started as the call arrived, like this one) would answer CANCELLED, so the
 /// call ends first, by a margin above the timer's resolution.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
+/// How much earlier than the client's deadline a call is answered at the latest, while it
+/// waits for a write statement in flight (`storage::deadline`): tonic's timer polls the call
+/// before its own sleep, so the call's answer comes first when both are due.
+const ANSWER_MARGIN: Duration = Duration::from_millis(1);
 
 /// What prost's decode errors start with (tonic-prost passes the text on as INTERNAL).
 const DECODE_ERROR_PREFIX: &str = "failed to decode Protobuf message: ";
@@ -164,7 +170,8 @@ where
             return Box::pin(self.inner.call(request));
         };
         let arrived = Instant::now();
-        let time_limit = match metadata::client_deadline(request.headers()) {
+        let client_deadline = metadata::client_deadline(request.headers());
+        let time_limit = match client_deadline {
             Some(deadline) => self
                 .layer
                 .request_timeout
@@ -176,10 +183,16 @@ where
         // The guard (an interceptor) runs here, inside the span: its refusals carry `reason`.
         let call = span.in_scope(|| self.inner.call(request));
         let metrics = Arc::clone(&self.layer.metrics);
-        let deadline = tokio::time::Instant::from_std(arrived) + time_limit;
+        let started = tokio::time::Instant::from_std(arrived);
+        let deadline = started + time_limit;
+        // Never past the client's deadline: tonic's timer would answer CANCELLED there.
+        let answer_by = match client_deadline {
+            Some(client) => started + client.saturating_sub(ANSWER_MARGIN),
+            None => deadline + deadline::SHIELD_LIMIT,
+        };
         Box::pin(
             async move {
-                let response = match deadline::run_within(deadline, call).await {
+                let response = match deadline::run_within(deadline, answer_by, call).await {
                     Ok(response) => response?,
                     Err(deadline::Elapsed) => {
                         tonic::Status::from(ServiceError::DeadlineExceeded).into_http()
