@@ -330,3 +330,44 @@ async fn a_pooled_connection_given_back_mid_transaction_is_drained_at_once() {
     assert_eq!(pool.size(), 1, "the connection was kept, not replaced");
     pool.close().await;
 }
+
+/// The patched pool (`vendor/`) gives an idle, ready connection back in `PoolConnection`'s
+/// drop itself, with no task spawned to do it: on a current-thread runtime, where no spawned
+/// task can run before the next `.await`, it is idle in the pool at once. One given back
+/// mid-transaction still goes through the task (its ROLLBACK must be flushed first).
+#[tokio::test(flavor = "current_thread")]
+async fn a_ready_pooled_connection_is_back_in_the_pool_as_it_is_dropped() {
+    use sea_orm::sqlx::{self, Connection as _};
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(&db.url)
+        .await
+        .expect("a pool on the test's database");
+
+    let mut conn = pool.acquire().await.expect("a connection");
+    sqlx::query("SELECT 1")
+        .execute(&mut *conn)
+        .await
+        .expect("a statement");
+    assert_eq!(pool.num_idle(), 0, "the connection is out");
+    drop(conn);
+    assert_eq!(pool.num_idle(), 1, "back in the pool without a task");
+
+    let mut conn = pool.acquire().await.expect("a connection");
+    let txn = conn.begin().await.expect("begin");
+    drop(txn);
+    drop(conn);
+    assert_eq!(
+        pool.num_idle(),
+        0,
+        "a queued ROLLBACK is flushed on the task first"
+    );
+    let answer: (i32,) = sqlx::query_as("SELECT 42")
+        .fetch_one(&pool)
+        .await
+        .expect("the next statement");
+    assert_eq!(answer.0, 42);
+    pool.close().await;
+}

@@ -203,6 +203,22 @@ impl<DB: Database> Drop for PoolConnection<DB> {
             return;
         }
 
+        // a connection that is idle and ready, and that no hook or lifetime check wants to see,
+        // goes back at once: no ping to send, so no task to spawn
+        if let Some(live) = &self.live {
+            let options = &self.pool.options;
+            if live.raw.is_ready_for_release()
+                && options.after_release.is_none()
+                && !self.pool.is_closed()
+                && !is_beyond_max_lifetime(live, options)
+            {
+                if let Some(live) = self.live.take() {
+                    live.float(self.pool.clone()).release();
+                }
+                return;
+            }
+        }
+
         // We still need to spawn a task to maintain `min_connections`.
         if self.live.is_some() || self.pool.options.min_connections > 0 {
             crate::rt::spawn(self.return_to_pool());
