@@ -259,6 +259,17 @@ async fn sqlite_concurrent_creates_share_transactions() {
     assert!(commits < writes, "{commits} commits for {writes} writes");
 }
 
+/// A plain sqlx pool of one connection on the test's database, checked only by the patched
+/// release path (no ping before acquire).
+async fn one_connection_pool(db: &TestDatabase) -> sea_orm::sqlx::PgPool {
+    sea_orm::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(&db.url)
+        .await
+        .expect("a pool on the test's database")
+}
+
 /// The vendored sqlx patch (vendor/README.md) skips the pool's on-release ping only for a
 /// connection that is idle and ready. One given back with an open transaction (its ROLLBACK
 /// queued, not sent), or cut off mid-statement inside one (as the deadline path cuts calls),
@@ -268,12 +279,7 @@ async fn sqlite_concurrent_creates_share_transactions() {
 async fn a_pooled_connection_given_back_mid_transaction_is_drained_at_once() {
     use sea_orm::sqlx::{self, Connection as _};
     let db = TestDatabase::new(Backend::Postgres).await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect(&db.url)
-        .await
-        .expect("a pool on the test's database");
+    let pool = one_connection_pool(&db).await;
     let busy_backends = format!(
         "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = '{}' \
          AND pid <> pg_backend_pid() AND state <> 'idle'",
@@ -339,12 +345,7 @@ async fn a_pooled_connection_given_back_mid_transaction_is_drained_at_once() {
 async fn a_ready_pooled_connection_is_back_in_the_pool_as_it_is_dropped() {
     use sea_orm::sqlx::{self, Connection as _};
     let db = TestDatabase::new(Backend::Postgres).await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect(&db.url)
-        .await
-        .expect("a pool on the test's database");
+    let pool = one_connection_pool(&db).await;
 
     let mut conn = pool.acquire().await.expect("a connection");
     sqlx::query("SELECT 1")
