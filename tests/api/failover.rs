@@ -336,6 +336,7 @@ async fn a_commit_waiting_for_a_lost_synchronous_standby_ends_at_the_deadline_an
     })
     .await;
     let before = app.create_todo("before").await;
+    let second = app.create_todo("second").await;
 
     // A synchronous standby that never confirms (gone in a failover, or a partition): every
     // commit waits, and no PostgreSQL timeout bounds that wait.
@@ -379,6 +380,29 @@ async fn a_commit_waiting_for_a_lost_synchronous_standby_ends_at_the_deadline_an
         "answered {update_answered_after:?} after the call began: the wait must be bounded"
     );
 
+    // With a client deadline shorter than the server's, the wait for such a statement ends
+    // just before the client's deadline, answered DEADLINE_EXCEEDED by the service: tonic's
+    // own `grpc-timeout` timer, outside the service's layers, would answer CANCELLED there.
+    let deadline_key = fresh_key();
+    let mut second_changed = second.clone();
+    second_changed.completed = true;
+    let mut raw = crate::raw_grpc::RawConnection::open(app.addr).await;
+    let started = std::time::Instant::now();
+    let response = raw
+        .call(
+            "/todo.v1.TodoService/UpdateTodo",
+            &[("grpc-timeout", "800m"), ("idempotency-key", &deadline_key)],
+            &masked(second_changed.clone(), &["completed"]),
+            &[],
+        )
+        .await;
+    let answered_after = started.elapsed();
+    assert_eq!(response.status, Code::DeadlineExceeded, "{response:?}");
+    assert!(
+        answered_after < Duration::from_secs(1),
+        "answered {answered_after:?} after the call began, not at the client's deadline"
+    );
+
     // The standby is back (or the failover is over): the commit completes, and a retry with the
     // same key finds out what happened.
     db.execute("ALTER SYSTEM RESET synchronous_standby_names")
@@ -417,7 +441,15 @@ async fn a_commit_waiting_for_a_lost_synchronous_standby_ends_at_the_deadline_an
         "the update had committed: its retry replays"
     );
     assert!(updated.get_ref().completed);
-    assert_eq!(app.todo_count().await, 2, "one todo per logical write");
+    let updated = app
+        .update(masked(second_changed, &["completed"]), Some(&deadline_key))
+        .await
+        .expect("the retry of the update with a client deadline");
+    assert!(
+        is_replayed(&updated),
+        "that update had committed too: its retry replays"
+    );
+    assert_eq!(app.todo_count().await, 3, "one todo per logical write");
     println!(
         "1 s calls answered DEADLINE_EXCEEDED after {answered_after:?} (create) and \
          {update_answered_after:?} (update)"
