@@ -186,10 +186,8 @@ where
         let started = tokio::time::Instant::from_std(arrived);
         let deadline = started + time_limit;
         // Never past the client's deadline: tonic's timer would answer CANCELLED there.
-        let answer_by = match client_deadline {
-            Some(client) => started + client.saturating_sub(ANSWER_MARGIN),
-            None => deadline + deadline::SHIELD_LIMIT,
-        };
+        let answer_by =
+            client_deadline.map(|client| started + client.saturating_sub(ANSWER_MARGIN));
         Box::pin(
             async move {
                 let response = match deadline::run_within(deadline, answer_by, call).await {

@@ -61,11 +61,12 @@ pub const SHIELD_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub const LOCK_MARGIN: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// Runs `call` until `deadline`; past it, drops it (rolling back any transaction it has open)
-/// and answers [`Elapsed`], but only once no [`shielded`] statement of it is in flight, or at
-/// `answer_by` (at most [`SHIELD_LIMIT`] later).
+/// and answers [`Elapsed`], but only once no [`shielded`] statement of it is in flight, or
+/// [`SHIELD_LIMIT`] later, or at `answer_by` if that comes first (just before the client's
+/// deadline).
 pub async fn run_within<F: Future>(
     deadline: Instant,
-    answer_by: Instant,
+    answer_by: Option<Instant>,
     call: F,
 ) -> Result<F::Output, Elapsed> {
     let shielded: Arc<(AtomicUsize, Notify)> = Arc::default();
@@ -79,9 +80,9 @@ pub async fn run_within<F: Future>(
         () = tokio::time::sleep_until(deadline) => {}
     }
     let (in_flight, ended) = &*shielded;
-    let mut limit = pin!(tokio::time::sleep_until(
-        answer_by.clamp(deadline, deadline + SHIELD_LIMIT)
-    ));
+    let shield_ends = deadline + SHIELD_LIMIT;
+    let limit = answer_by.map_or(shield_ends, |by| by.clamp(deadline, shield_ends));
+    let mut limit = pin!(tokio::time::sleep_until(limit));
     loop {
         let mut one_ended = pin!(ended.notified());
         one_ended.as_mut().enable();
@@ -150,7 +151,7 @@ mod tests {
     async fn a_call_has_the_time_it_has_left() {
         assert_eq!(lock_timeout(), None, "outside a call");
         let in_a_second = Instant::now() + Duration::from_secs(1);
-        let left = run_within(in_a_second, in_a_second, async { lock_timeout() }).await;
+        let left = run_within(in_a_second, None, async { lock_timeout() }).await;
         let millis: u64 = left
             .ok()
             .flatten()
@@ -165,12 +166,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_call_past_its_deadline_is_dropped() {
         let deadline = Instant::now() + Duration::from_millis(100);
-        let slow = run_within(
-            deadline,
-            deadline + SHIELD_LIMIT,
-            tokio::time::sleep(Duration::from_secs(5)),
-        )
-        .await;
+        let slow = run_within(deadline, None, tokio::time::sleep(Duration::from_secs(5))).await;
         assert_eq!(slow, Err(Elapsed));
         assert_eq!(Instant::now(), deadline, "answered at the deadline");
     }
@@ -185,8 +181,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             "finished"
         };
-        let answer_by = deadline + SHIELD_LIMIT;
-        assert_eq!(run_within(deadline, answer_by, call).await, Err(Elapsed));
+        assert_eq!(run_within(deadline, None, call).await, Err(Elapsed));
         assert_eq!(
             Instant::now() - start,
             Duration::from_millis(300),
@@ -196,7 +191,7 @@ mod tests {
         let call = async { shielded(tokio::time::sleep(Duration::from_millis(300))).await };
         let deadline = Instant::now() + Duration::from_millis(100);
         assert_eq!(
-            run_within(deadline, deadline + SHIELD_LIMIT, call).await,
+            run_within(deadline, None, call).await,
             Ok(()),
             "a call that ends with its statement answers its own result"
         );
@@ -208,7 +203,7 @@ mod tests {
         let deadline = start + Duration::from_millis(100);
         // A commit waiting for a synchronous standby that never answers.
         let call = async { shielded(std::future::pending::<()>()).await };
-        let far = deadline + 10 * SHIELD_LIMIT;
+        let far = Some(deadline + 10 * SHIELD_LIMIT);
         assert_eq!(run_within(deadline, far, call).await, Err(Elapsed));
         assert_eq!(Instant::now(), deadline + SHIELD_LIMIT);
     }
@@ -219,7 +214,10 @@ mod tests {
         // tonic's own `grpc-timeout` timer would answer CANCELLED 5 ms after `deadline`.
         let answer_by = deadline + Duration::from_millis(4);
         let call = async { shielded(std::future::pending::<()>()).await };
-        assert_eq!(run_within(deadline, answer_by, call).await, Err(Elapsed));
+        assert_eq!(
+            run_within(deadline, Some(answer_by), call).await,
+            Err(Elapsed)
+        );
         assert_eq!(Instant::now(), answer_by);
     }
 }
